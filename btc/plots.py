@@ -1,0 +1,135 @@
+"""Figures shown by the notebooks and saved under `results/` (matplotlib + seaborn).
+
+Every function returns the `Figure` and, given `path`, also saves it atomically as PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from PIL import Image
+
+from btc.config import CLASS_NAMES, atomic_path
+
+
+def save(fig: plt.Figure, path: str | Path | None, dpi: int = 110) -> plt.Figure:
+    """Save `fig` atomically as PNG when `path` is given and return it."""
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return fig
+
+
+def load_gray(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Load an image file as a uint8 grayscale array, optionally thumbnailed to `size`."""
+    from btc.data import to_grayscale
+
+    with Image.open(path) as img:
+        if size:
+            img.draft(img.mode, (size, size))
+        gray = to_grayscale(img)
+        if size:
+            gray.thumbnail((size, size))
+        return np.asarray(gray)
+
+
+def class_distribution(manifest: pd.DataFrame, path: str | Path | None = None) -> plt.Figure:
+    """Bar chart of images per class and split (or official split for an index)."""
+    hue = "split" if "split" in manifest else "official_split"
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.countplot(data=manifest, x="class", hue=hue, order=CLASS_NAMES, ax=ax)
+    ax.set(title="Images per class", xlabel="", ylabel="images")
+    for container in ax.containers:
+        ax.bar_label(container, fontsize=7)
+    return save(fig, path)
+
+
+def sample_grid(
+    frame: pd.DataFrame, per_class: int = 5, seed: int = 0, path: str | Path | None = None
+) -> plt.Figure:
+    """Grid of random images per class (rows), titled with size and colour mode."""
+    fig, axes = plt.subplots(
+        len(CLASS_NAMES), per_class, figsize=(2 * per_class, 2.1 * len(CLASS_NAMES))
+    )
+    axes = np.atleast_2d(axes)
+    for r, name in enumerate(CLASS_NAMES):
+        rows = frame[frame["class"] == name]
+        rows = rows.sample(min(per_class, len(rows)), random_state=seed) if len(rows) else rows
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(rows):
+                row = rows.iloc[c]
+                ax.imshow(load_gray(row["path"], 256), cmap="gray")
+                extra = f"{row['width']}×{row['height']} {row['mode']}" if "width" in row else ""
+                ax.set_title(f"{name}\n{extra}", fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def duplicate_examples(
+    pairs: pd.DataFrame, per_kind: int = 2, seed: int = 0, path: str | Path | None = None
+) -> plt.Figure:
+    """Show example duplicate pairs of each kind (exact, near, mirrored) side by side."""
+    kinds = [k for k in ("exact", "near", "mirrored") if (pairs["kind"] == k).any()]
+    rows = [
+        r
+        for k in kinds
+        for _, r in pairs[pairs["kind"] == k]
+        .sample(min(per_kind, int((pairs["kind"] == k).sum())), random_state=seed)
+        .iterrows()
+    ]
+    fig, axes = plt.subplots(max(len(rows), 1), 2, figsize=(5, 2.4 * max(len(rows), 1)))
+    axes = np.atleast_2d(axes)
+    for ax_row, row in zip(axes, rows):
+        for ax, side in zip(ax_row, "ab"):
+            ax.imshow(load_gray(row[f"path_{side}"], 256), cmap="gray")
+            ax.axis("off")
+            ax.set_title(
+                f"{row['kind']} (d={row['distance']}) · {row[f'split_{side}'] or 'folder'}\n"
+                f"{row[f'class_{side}']} · {Path(row[f'path_{side}']).name}",
+                fontsize=7,
+            )
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def augmentation_preview(
+    dataset, n: int = 6, path: str | Path | None = None, title: str = "Training augmentation"
+) -> plt.Figure:
+    """Show `n` images of one batch of a `make_dataset` training dataset."""
+    images, labels = next(iter(dataset))
+    n = min(n, len(labels))
+    fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.3))
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(images[i].numpy()[..., 0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(CLASS_NAMES[int(labels[i])], fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def training_curves(
+    history: pd.DataFrame, phase_starts: Sequence[int] = (), title: str = "",
+    path: str | Path | None = None,
+) -> plt.Figure:  # fmt: skip
+    """Accuracy and loss, train vs validation, with a line where each later phase starts."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    epochs = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(epochs, history[metric], marker="o", label="train")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
+        for start in phase_starts:
+            ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.text(start + 0.6, ax.get_ylim()[1], "fine-tune", fontsize=7, va="top")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{title} {metric}".strip())
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)

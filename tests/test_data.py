@@ -1,0 +1,257 @@
+"""Tests of btc.data: index, audit, duplicates, split, manifest and the tf.data pipeline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+from btc import config, data
+from tests import images
+
+# --- index and bad input -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def messy_dir(tmp_path) -> Path:
+    """A Kaggle-layout folder with good images and every kind of bad file."""
+    root = tmp_path / "messy"
+    tr = root / "Training"
+    for i, cls in enumerate(["glioma", "meningioma", "notumor", "pituitary"]):
+        for j in range(3):
+            images.save(tr / cls / f"good {cls} {j}.jpg", images.brain_like(80, seed=10 * i + j))
+    g = tr / "glioma"
+    (g / "truncated.jpg").write_bytes(images.encoded(images.brain_like(80, 99))[:400])
+    (g / "zero.jpg").write_bytes(b"")
+    (g / "text.jpg").write_text("this is not an image\n")
+    images.save(g / "really_png.jpg", images.brain_like(80, 98), fmt="PNG")
+    images.save(g / "sixteen.png", images.brain_like(80, 97).astype(np.uint16) * 257, fmt="PNG")
+    images.save(g / "rgba.png", images.brain_like(80, 96), fmt="PNG", mode="RGBA")
+    images.save(g / "cmyk.jpg", images.brain_like(80, 95), fmt="JPEG", mode="CMYK")
+    images.save(g / "tiny.png", np.zeros((1, 1), np.uint8), fmt="PNG")
+    (g / "bomb.png").write_bytes(images.png_bomb())
+    images.save(tr / "meningioma" / "Ünïcødé scan ñ.jpg", images.brain_like(80, 94))
+    (root / "Testing" / "pituitary").mkdir(parents=True)  # empty class folder
+    return root
+
+
+def test_detect_format_reads_content_not_extension():
+    assert data.detect_format(images.encoded(images.brain_like(40), "PNG")[:16]) == "png"
+    assert data.detect_format(images.encoded(images.brain_like(40), "JPEG")[:16]) == "jpeg"
+    assert data.detect_format(b"hello world, no image") == "unknown"
+
+
+def test_index_reports_every_bad_file_and_keeps_the_rest(messy_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        index = data.index_dataset(messy_dir, workers=1)
+    by_name = index.set_index(index["path"].map(lambda p: Path(p).name))
+    expected_errors = {
+        "truncated.jpg": "cannot decode jpeg",
+        "zero.jpg": "empty file",
+        "text.jpg": "not an image",
+        "cmyk.jpg": "CMYK",
+        "tiny.png": "1x1 px",
+        "bomb.png": "decompression bomb",
+    }
+    for name, fragment in expected_errors.items():
+        assert not by_name.loc[name, "readable"], name
+        assert fragment in by_name.loc[name, "error"], (name, by_name.loc[name, "error"])
+        assert any(name in r.getMessage() for r in caplog.records), f"no log naming {name}"
+    for name in [
+        "really_png.jpg",
+        "sixteen.png",
+        "rgba.png",
+        "Ünïcødé scan ñ.jpg",
+        "good glioma 0.jpg",
+    ]:
+        assert by_name.loc[name, "readable"], (name, by_name.loc[name, "error"])
+    assert by_name.loc["really_png.jpg", "format"] == "png"
+    assert any("Empty class folder" in r.getMessage() for r in caplog.records)
+    assert data.audit(index)["unreadable"]["path"].map(lambda p: Path(p).name).tolist() == sorted(
+        expected_errors, key=lambda n: str(messy_dir / "Training" / "glioma" / n)
+    )
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    arr = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    gray = np.asarray(data.to_grayscale(Image.fromarray(arr)))
+    assert gray.min() == 0 and gray.max() == 255 and len(np.unique(gray)) > 200
+
+
+def test_stage_survives_bad_files_and_writes_a_manifest(messy_dir, tmp_path):
+    cfg = config.PreprocessConfig(
+        data_dir=messy_dir, workers=1, val_fraction=0.2, test_fraction=0.2
+    )
+    result = data.preprocess(cfg, manifest_path=tmp_path / "m.csv")
+    manifest = data.load_manifest(tmp_path / "m.csv")
+    report = result["report"]
+    dropped = report["exact_copies_removed"] + report["label_conflict_images"]
+    assert len(manifest) == result["index"]["readable"].sum() - dropped > 0
+    assert not manifest["path"].str.contains("truncated|zero|text|cmyk|tiny|bomb").any()
+    assert (tmp_path / "m.json").is_file()
+
+
+@pytest.mark.parametrize("layout", ["sartaj", "flat"])
+def test_class_folder_aliases_and_layouts(tmp_path, layout):
+    names = ["Glioma_Tumor", "meningioma_tumor", "NO_TUMOR", "pituitary_tumor"]
+    root = tmp_path / "d"
+    for i, name in enumerate(names):
+        folder = root / ("Training" if layout == "sartaj" else "") / name
+        images.save(folder / "a.jpg", images.brain_like(64, i))
+    files = data.discover_files(root)
+    assert sorted(files["class"]) == sorted(config.CLASS_NAMES)
+    assert set(files["official_split"]) == ({"Training"} if layout == "sartaj" else {""})
+
+
+def test_unknown_class_folder_lists_known_names(tmp_path):
+    images.save(tmp_path / "Training" / "astrocytoma" / "a.jpg", images.brain_like(64))
+    with pytest.raises(data.DataError, match="astrocytoma") as err:
+        data.discover_files(tmp_path)
+    assert "glioma_tumor" in str(err.value) and "Received:" in str(err.value)
+
+
+def test_missing_data_dir_says_where_to_put_the_data(tmp_path):
+    with pytest.raises(data.DataError, match="BTC_DATA_DIR"):
+        data.discover_files(tmp_path / "nope")
+
+
+# --- duplicates ----------------------------------------------------------------------------------
+
+
+def test_resized_reencoded_and_mirrored_copies_are_grouped(shared_data, tmp_path):
+    src = next((shared_data / "Training" / "glioma").glob("*.jpg"))
+    original = Image.open(src).convert("L")
+    root = tmp_path / "copies" / "glioma"
+    root.mkdir(parents=True)
+    original.save(root / "original.jpg", quality=95)
+    original.resize((300, 300)).save(root / "resized_reencoded.png")
+    ImageOps.mirror(original).save(root / "mirrored.jpg", quality=80)
+    other = sorted((shared_data / "Training" / "pituitary").glob("*.jpg"))[5]
+    Image.open(other).convert("L").save(tmp_path / "copies" / "glioma" / "unrelated.jpg")
+    index = data.index_dataset(tmp_path / "copies", workers=1)
+    pairs, groups = data.find_duplicates(index, threshold=4)
+    names = index["path"].map(lambda p: Path(p).name)
+    g = dict(zip(names, groups.reindex(index.index)))
+    assert g["original.jpg"] == g["resized_reencoded.png"] == g["mirrored.jpg"]
+    assert g["unrelated.jpg"] != g["original.jpg"]
+    kinds = set(pairs["kind"])
+    assert {"near", "mirrored"} <= kinds
+
+
+def test_real_dataset_duplicates_and_threshold(full_index):
+    assert len(full_index) == 7023 and full_index["readable"].all()
+    pairs, groups = data.find_duplicates(full_index, threshold=4)
+    summary = data.duplicate_summary(pairs)
+    for kind in ("exact", "near", "mirrored"):
+        assert summary.loc[kind, "across"] > 0, kind  # Training↔Testing leakage exists
+        assert summary.loc[kind, "within Training"] > 0, kind
+    assert summary.loc["exact", "same label"] > 0.99
+    check = data.threshold_check(full_index, thresholds=[0, 2, 4, 8])
+    at = check.set_index("threshold")
+    assert at.loc[4, "same_label_share"] > 0.98  # the default keeps pairs label-consistent
+    assert at.loc[8, "new_pairs_same_label_share"] < 0.9  # a loose threshold would not
+    assert groups.value_counts().max() < 100  # no giant chained component
+
+
+def test_shortcut_table_shows_colour_mode_predicts_class(full_index):
+    modes = data.audit(full_index)["modes"]
+    assert modes.loc["notumor", "RGB"] > 0.9 and modes.loc["glioma", "L"] > 0.8
+    formats = data.audit(full_index)["formats"]
+    assert formats.loc["notumor", "png as .jpg"] > 0
+
+
+# --- split -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_groups(full_index):
+    return data.find_duplicates(full_index, threshold=4)[1]
+
+
+def test_grouped_split_has_no_leakage_and_is_stratified(full_index, real_groups):
+    cfg = config.PreprocessConfig()
+    manifest, report = data.split_dataset(full_index, real_groups, cfg)
+    assert report["groups_crossing_splits"] == 0 == data.crossing_groups(manifest)
+    assert manifest.groupby("group")["split"].nunique().max() == 1
+    assert manifest.groupby("sha256")["split"].nunique().max() == 1
+    shares = pd.crosstab(manifest["class"], manifest["split"], normalize="index")
+    assert np.allclose(shares["train"], 0.70, atol=0.02)
+    assert np.allclose(shares[["val", "test"]], 0.15, atol=0.02)
+    assert report["official_leakage"]["testing_images_with_training_copy"] > 500
+
+
+def test_split_is_reproducible_and_seed_dependent(full_index, real_groups):
+    a, _ = data.split_dataset(full_index, real_groups, config.PreprocessConfig(seed=1))
+    b, _ = data.split_dataset(full_index, real_groups, config.PreprocessConfig(seed=1))
+    c, _ = data.split_dataset(full_index, real_groups, config.PreprocessConfig(seed=2))
+    pd.testing.assert_frame_equal(a, b)
+    assert (a["split"] != c["split"]).any()
+
+
+def test_official_split_drops_leaked_test_images(full_index, real_groups):
+    cfg = config.PreprocessConfig(split_mode="official")
+    manifest, report = data.split_dataset(full_index, real_groups, cfg)
+    dropped = report["official_test_dropped_for_leakage"]
+    assert dropped == report["official_leakage"]["testing_images_with_training_copy"] > 0
+    assert set(manifest.loc[manifest.split == "test", "official_split"]) == {"Testing"}
+    assert data.crossing_groups(manifest) == 0
+
+
+def test_manifest_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.csv"
+    good = pd.DataFrame(
+        [["a", "s", "glioma", "train", 0, "", "jpeg", "L"]], columns=data.MANIFEST_COLUMNS
+    )
+    data.write_manifest(good, path, {"params": {}})
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
+    with pytest.raises(OSError):
+        data.write_manifest(good, path, {"params": {}})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "manifest.json"]
+
+
+# --- tf.data ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample_manifest(real_sample, tmp_path_factory):
+    cfg = config.PreprocessConfig(data_dir=real_sample, workers=1)
+    out = tmp_path_factory.mktemp("m") / "manifest.csv"
+    return data.preprocess(cfg, manifest_path=out)["manifest"]
+
+
+def test_pipeline_yields_grayscale_replicated_unit_range_tensors(sample_manifest):
+    ds = data.make_dataset(sample_manifest, "val", image_size=72, batch_size=4)
+    x, y = next(iter(ds))
+    x = x.numpy()
+    assert x.shape == (4, 72, 72, 3) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    assert np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2])
+    val = sample_manifest[sample_manifest.split == "val"]
+    expected = val["class"].map(config.CLASS_NAMES.index).to_numpy()[:4]
+    assert np.array_equal(y.numpy(), expected)
+
+
+def test_training_pipeline_augments_and_stays_in_range(sample_manifest):
+    plain = data.make_dataset(sample_manifest, "train", 64, 8, augment=False, shuffle=False)
+    augmented = data.make_dataset(sample_manifest, "train", 64, 8, augment=True, shuffle=False)
+    (x0, y0), (x1, y1) = next(iter(plain)), next(iter(augmented))
+    assert np.array_equal(y0, y1)
+    assert not np.allclose(x0, x1)
+    assert 0.0 <= x1.numpy().min() and x1.numpy().max() <= 1.0
+
+
+def test_make_dataset_rejects_bad_arguments(sample_manifest):
+    with pytest.raises(ValueError, match=r"`split` must be one of .* Received: split='testing'"):
+        data.make_dataset(sample_manifest, "testing")
+    with pytest.raises(ValueError, match="image_size"):
+        data.make_dataset(sample_manifest, "train", image_size=8)
