@@ -187,6 +187,9 @@ class PreprocessConfig(_StageConfig):
             `"drop"` them (their label is unreliable) or `"keep"` them (majority label used
             for stratification).
         workers: Processes used to index the files; `0` uses all cores.
+        drop_leaked: In `official` mode, drop Testing images whose duplicate group is in
+            Training. `False` keeps them to *measure* how much the leak inflates scores; such
+            a manifest is refused by evaluation unless explicitly allowed, and labelled LEAKY.
     """
 
     data_dir: str | Path = DATA_DIR
@@ -199,6 +202,7 @@ class PreprocessConfig(_StageConfig):
     sample_per_class: int = 0
     label_conflicts: str = "drop"
     workers: int = 0
+    drop_leaked: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir or DATA_DIR).expanduser())
@@ -211,6 +215,12 @@ class PreprocessConfig(_StageConfig):
         check_range("image_size", self.image_size, 32, 1024, types=int)
         check_range("workers", self.workers, 0, 64, types=int)
         check_range("sample_per_class", self.sample_per_class, 0, types=int)
+        check_choice("drop_leaked", self.drop_leaked, (True, False))
+        if not self.drop_leaked and self.split_mode != "official":
+            raise ValueError(
+                "`drop_leaked=False` only applies to split_mode='official'. "
+                f"Received: drop_leaked=False, split_mode={self.split_mode!r}"
+            )
 
 
 # --- atomic writes ------------------------------------------------------------------------------

@@ -171,10 +171,10 @@ def run_pipeline(
         ValueError: On an unknown preset or parameter.
     """
     params = {**load_preset(preset), **(overrides or {})}
-    selected = [nb for nb in notebooks() if not only or nb.name.startswith(tuple(only))]
-    if not selected:
+    steps = plan(params, notebooks())  # every notebook: a preset key for a skipped one is fine
+    steps = [(nb, p) for nb, p in steps if not only or nb.name.startswith(tuple(only))]
+    if not steps:
         raise ValueError(f"`only` matches no notebook in {NOTEBOOKS_DIR}. Received: only={only!r}")
-    steps = plan(params, selected)
     check_kernel(kernel)
     outputs = []
     for nb, nb_params in steps:

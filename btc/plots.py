@@ -133,3 +133,105 @@ def training_curves(
         ax.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path)
+
+
+def confusion_matrices(
+    labels, predictions, class_names, title: str = "", path: str | Path | None = None
+) -> plt.Figure:
+    """Confusion matrix as counts and row-normalised (sensitivity on the diagonal)."""
+    from sklearn.metrics import confusion_matrix
+
+    counts = confusion_matrix(labels, predictions, labels=range(len(class_names)))
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, matrix, fmt, name in (
+        (axes[0], counts, "d", "counts"),
+        (axes[1], rates, ".2f", "row-normalised"),
+    ):
+        sns.heatmap(matrix, annot=True, fmt=fmt, cmap="Blues", cbar=False, ax=ax,
+                    xticklabels=class_names, yticklabels=class_names)  # fmt: skip
+        ax.set(xlabel="predicted", ylabel="true", title=f"{title} — {name}".strip(" —"))
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def reliability_diagram(
+    tables: Sequence[pd.DataFrame], names: Sequence[str], title: str = "",
+    path: str | Path | None = None,
+) -> plt.Figure:  # fmt: skip
+    """Accuracy vs confidence per bin, one panel per table (e.g. before/after calibration)."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4), squeeze=False)
+    for ax, table, name in zip(axes[0], tables, names):
+        width = table["upper"] - table["lower"]
+        ax.bar(table["lower"], table["accuracy"], width=width, align="edge", alpha=0.7,
+               edgecolor="k", label="accuracy")  # fmt: skip
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        ax.plot(table["confidence"], table["accuracy"], "o", color="C3", label="bin mean conf.")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{title}\n{name}".strip())  # fmt: skip
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def roc_curves(labels, probs: dict, class_names, title: str = "", path=None) -> plt.Figure:
+    """One-vs-rest ROC curve per class, one panel per model."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, axes = plt.subplots(1, len(probs), figsize=(4.2 * len(probs), 4), squeeze=False)
+    for ax, (name, p) in zip(axes[0], probs.items()):
+        for c, cls in enumerate(class_names):
+            truth = np.asarray(labels) == c
+            if 0 < truth.sum() < len(truth):
+                fpr, tpr, _ = roc_curve(truth, p[:, c])
+                ax.plot(fpr, tpr, label=f"{cls} (AUC {roc_auc_score(truth, p[:, c]):.3f})")
+        ax.plot([0, 1], [0, 1], "--", color="grey")
+        ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=f"{title}{name}")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def error_gallery(
+    rows: pd.DataFrame, labels, probs, class_names, title: str = "", path=None, per_class: int = 4
+) -> plt.Figure:
+    """The most confident mistakes per true class, titled with truth, prediction, confidence."""
+    pred, conf = probs.argmax(1), probs.max(1)
+    fig, axes = plt.subplots(len(class_names), per_class, figsize=(2.2 * per_class, 2.4 * len(class_names)),
+                             squeeze=False)  # fmt: skip
+    for c, cls in enumerate(class_names):
+        wrong = np.flatnonzero((np.asarray(labels) == c) & (pred != c))
+        wrong = wrong[np.argsort(-conf[wrong])][:per_class]
+        for j, ax in enumerate(axes[c]):
+            ax.axis("off")
+            if j < len(wrong):
+                i = wrong[j]
+                ax.imshow(load_gray(rows.loc[i, "path"], 256), cmap="gray")
+                ax.set_title(f"true {cls}\npred {class_names[pred[i]]} {conf[i]:.0%}", fontsize=7)
+            elif j == 0:
+                ax.text(0.5, 0.5, f"no {cls} errors", ha="center", va="center", fontsize=8)
+    fig.suptitle(f"{title}: most confident mistakes".strip(": "), fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def all_training_curves(histories: dict[str, pd.DataFrame], path=None) -> plt.Figure:
+    """Validation accuracy and loss of every model, with fine-tuning starts marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for i, (name, h) in enumerate(histories.items()):
+        epochs = np.arange(1, len(h) + 1)
+        for ax, metric in zip(axes, ("accuracy", "loss")):
+            ax.plot(epochs, h[f"val_{metric}"], marker="o", color=f"C{i}", label=f"{name} val")
+            ax.plot(epochs, h[metric], linestyle=":", color=f"C{i}", label=f"{name} train")
+            if "phase" in h and (h["phase"] == "finetune").any():
+                ax.axvline(
+                    int(np.argmax(h["phase"] == "finetune")) + 0.5,
+                    color=f"C{i}",
+                    linestyle="--",
+                    lw=1,
+                )
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.set(xlabel="epoch", ylabel=metric, title=f"training curves — {metric}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)

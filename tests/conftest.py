@@ -32,6 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("BTC_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
 SHARED_DATA = SHARED_DIR / "datasets" / "brain-tumor-mri"
 SHARED_WEIGHTS = SHARED_DIR / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+os.environ.setdefault("BTC_WEIGHTS_DIR", str(SHARED_WEIGHTS.parent))  # ImageNet weights offline
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -71,3 +72,26 @@ def real_sample(shared_data, tmp_path_factory) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(real_sample, tmp_path_factory) -> str:
+    """A leakage-free manifest of the real sample (80 images), as a CSV path."""
+    from btc import config, data
+
+    out = tmp_path_factory.mktemp("manifest") / "manifest.csv"
+    data.preprocess(config.PreprocessConfig(data_dir=real_sample, workers=1), manifest_path=out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_manifest, tmp_path_factory):
+    """Two tiny models trained one epoch at 64 px on the sample: (models_dir, manifest)."""
+    from btc import train
+
+    models_dir = tmp_path_factory.mktemp("models")
+    for name in ("cnn", "mobilenet"):
+        cfg = train.TrainConfig(model=name, image_size=64, batch_size=16, epochs_head=1,
+                                epochs_finetune=1, alpha=0.25)  # fmt: skip
+        train.train(cfg, tiny_manifest, models_dir, models_dir / "results", verbose=0)
+    return models_dir, tiny_manifest

@@ -26,7 +26,8 @@ def test_notebooks_are_committed_clean_and_thin(nb_path):
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged `parameters`"
     for stmt in ast.parse(tagged[0].source).body:  # literals only, annotated
-        assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.value, ast.Constant)
+        assert isinstance(stmt, ast.AnnAssign), ast.unparse(stmt)
+        ast.literal_eval(stmt.value)  # raises on anything but a literal
     for cell in code:
         tree = ast.parse(cell.source)
         defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
@@ -66,18 +67,27 @@ def test_failing_notebook_stops_with_the_cell_and_keeps_partial_output(tmp_path)
 
 
 @pytest.mark.slow
-def test_papermill_smoke_run_of_01(real_sample, tmp_path):
+def test_papermill_smoke_run_of_the_pipeline(real_sample, tmp_path):
     outputs = pipeline.run_pipeline(
-        "smoke", only=["01"], overrides={"data_dir": str(real_sample)}, output_dir=tmp_path
+        "smoke", overrides={"data_dir": str(real_sample)}, output_dir=tmp_path
     )
-    assert [p.name for p in outputs] == ["01_preprocess.ipynb"]
-    summary = json.loads((config.RESULTS_DIR / "01_preprocess" / "summary.json").read_text())
+    assert [p.name for p in outputs] == [nb.name for nb in NOTEBOOKS]
+    results = config.RESULTS_DIR
+    summary = json.loads((results / "01_preprocess" / "summary.json").read_text())
     assert summary["report"]["groups_crossing_splits"] == 0
     assert summary["params"]["sample_per_class"] == 12
     for fig in ["class_distribution", "samples", "duplicate_pairs", "augmentation"]:
-        assert (config.RESULTS_DIR / "01_preprocess" / f"{fig}.png").stat().st_size > 1000
-    manifest = config.MANIFEST_PATH
-    assert manifest.is_file() and manifest.with_suffix(".json").is_file()
+        assert (results / "01_preprocess" / f"{fig}.png").stat().st_size > 1000
+    assert config.MANIFEST_PATH.is_file() and config.MANIFEST_PATH.with_suffix(".json").is_file()
+    for name in ("cnn", "mobilenet"):
+        meta = json.loads((config.MODELS_DIR / name / "metadata.json").read_text())
+        assert meta["image_size"] == 64 and meta["temperature"] > 0
+        assert (results / "02_train" / f"{name}_curves.png").is_file()
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"cnn", "mobilenet", "ensemble"}
+    assert metrics["leakage"]["leaky"] is False
+    executed = nbformat.read(tmp_path / "03_evaluate.ipynb", as_version=4)
+    assert "| ensemble |" in json.dumps([c.get("outputs") for c in executed.cells])
 
 
 def test_repository_layout():

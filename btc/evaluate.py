@@ -1,0 +1,550 @@
+"""Evaluation stage: leakage gate, metrics with bootstrap CIs, calibration, ensemble and TTA.
+
+Metrics come from scikit-learn wherever it has them; only the expected calibration error and
+the vectorised bootstrap are written here. Every prediction reads class order, input size and
+temperature from the model's `metadata.json`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+from sklearn import metrics as skm
+
+from btc.config import CLASS_NAMES, MODELS_DIR
+
+TUMOUR_FREE = "notumor"
+
+
+class LeakageError(RuntimeError):
+    """The test split shares a duplicate group or file with train/validation."""
+
+
+# --- leakage gate --------------------------------------------------------------------------------
+
+
+def leakage_gate(manifest: pd.DataFrame, allow_leaky: bool = False) -> dict:
+    """Check that no test image's duplicate group or file hash is in train or validation.
+
+    Args:
+        manifest: Manifest with `split`, `group` and `sha256`.
+        allow_leaky: Explicit override: report instead of refusing; every number and figure is
+            then labelled "LEAKY".
+
+    Returns:
+        `{"leaky": bool, "test_images_leaked": int, "groups_crossing": int}`.
+
+    Raises:
+        LeakageError: If leakage is found and `allow_leaky` is false.
+    """
+    test = manifest[manifest["split"] == "test"]
+    seen = manifest[manifest["split"] != "test"]
+    leaked = test["group"].isin(set(seen["group"])) | test["sha256"].isin(set(seen["sha256"]))
+    groups = int(test.loc[leaked, "group"].nunique())
+    result = {"leaky": bool(leaked.any()), "test_images_leaked": int(leaked.sum()),
+              "groups_crossing": groups, "test_images": int(len(test))}  # fmt: skip
+    if leaked.any() and not allow_leaky:
+        raise LeakageError(
+            f"{int(leaked.sum())} of {len(test)} test images share a duplicate group or file with "
+            f"train/validation ({groups} groups): their scores would measure memorisation. "
+            "Re-run 01_preprocess with split_mode='grouped' (or drop_leaked=True), or pass "
+            "allow_leaky=True to label every number LEAKY. Received: allow_leaky=False"
+        )
+    return result
+
+
+# --- probabilities, temperature, TTA, ensemble -----------------------------------------------------
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale softmax probabilities by a temperature (`softmax(log p / T)`)."""
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Fit the scalar temperature minimising validation NLL (Guo et al., 2017).
+
+    Args:
+        probs: `(n, classes)` softmax probabilities on the validation split.
+        labels: `(n,)` integer labels.
+
+    Returns:
+        Temperature `T > 0`; dividing log-probabilities by it never changes the argmax.
+    """
+    classes = list(range(probs.shape[1]))
+
+    def nll(log_t: float) -> float:
+        return skm.log_loss(labels, apply_temperature(probs, np.exp(log_t)), labels=classes)
+
+    return float(np.exp(optimize.minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+
+
+TTA_TRANSFORMS = ("identity", "flip", "shift_left", "shift_right", "shift_up", "shift_down")
+
+
+def tta_batch(images, transform: str, shift: float = 0.04):
+    """Apply one test-time transform to a batch: identity, horizontal flip or a small shift."""
+    import tensorflow as tf
+
+    if transform == "identity":
+        return images
+    if transform == "flip":
+        return tf.image.flip_left_right(images)
+    pixels = max(1, int(round(shift * int(images.shape[1]))))
+    axis, sign = {"shift_left": (2, -1), "shift_right": (2, 1), "shift_up": (1, -1),
+                  "shift_down": (1, 1)}[transform]  # fmt: skip
+    return tf.roll(images, sign * pixels, axis=axis)  # scans sit on black: wrap-around is black
+
+
+def predict_split(
+    model, metadata: dict, manifest: pd.DataFrame, split: str = "test", batch_size: int = 64,
+    tta: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Predict one split with a model, in batches, at the input size its metadata records.
+
+    Args:
+        model: Keras model returning softmax probabilities.
+        metadata: The model's metadata (`image_size`, `class_names`).
+        manifest: Manifest DataFrame.
+        split: Split to predict.
+        batch_size: Batch size.
+        tta: Average over `TTA_TRANSFORMS` (flip and small shifts).
+
+    Returns:
+        `(probs, labels)`: uncalibrated `(n, classes)` probabilities in the metadata's class
+        order and `(n,)` integer labels.
+    """
+    from btc import data
+
+    ds = data.make_dataset(manifest, split, metadata["image_size"], batch_size, augment=False,
+                           shuffle=False, cache=False, class_names=metadata["class_names"])  # fmt: skip
+    transforms = TTA_TRANSFORMS if tta else ("identity",)
+    probs, labels = [], []
+    for x, y in ds:
+        probs.append(
+            np.mean([model(tta_batch(x, t), training=False).numpy() for t in transforms], 0)
+        )
+        labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def ensemble(probs: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Soft voting: the (weighted) mean of calibrated member probabilities."""
+    w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=float)
+    return np.tensordot(w / w.sum(), np.stack(probs), axes=1)
+
+
+def fit_ensemble_weights(probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Fit soft-voting weights on the validation split (minimum NLL on the simplex)."""
+    classes = list(range(probs[0].shape[1]))
+
+    def nll(z):
+        w = np.exp(z - z.max())
+        return skm.log_loss(labels, ensemble(probs, w), labels=classes)
+
+    z = optimize.minimize(nll, np.zeros(len(probs)), method="Nelder-Mead").x
+    w = np.exp(z - z.max())
+    return w / w.sum()
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(total)
+
+
+def reliability_table(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> pd.DataFrame:
+    """Per confidence bin: count, mean confidence and accuracy (for the reliability diagram)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    frame = pd.DataFrame({"bin": which, "confidence": confidence, "correct": correct})
+    table = frame.groupby("bin").agg(count=("correct", "size"), confidence=("confidence", "mean"),
+                                     accuracy=("correct", "mean"))  # fmt: skip
+    table["lower"], table["upper"] = edges[table.index], edges[table.index + 1]
+    return table
+
+
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES
+) -> dict:
+    """Every point metric of a set of predictions.
+
+    Args:
+        labels: `(n,)` integer labels.
+        probs: `(n, classes)` probabilities.
+        class_names: Names in label order.
+
+    Returns:
+        Dict with accuracy, balanced accuracy, MCC, macro/weighted precision, recall, F1,
+        macro ROC-AUC and PR-AUC, `per_class` (precision, sensitivity, specificity, F1, ROC-AUC,
+        PR-AUC, support), `tumour_called_no_tumour_rate`, ECE, Brier score and NLL.
+    """
+    k = len(class_names)
+    pred = probs.argmax(axis=1)
+    classes = list(range(k))
+    onehot = np.eye(k)[labels]
+    prec, rec, f1, support = skm.precision_recall_fscore_support(
+        labels, pred, labels=classes, zero_division=0
+    )
+    mcm = skm.multilabel_confusion_matrix(labels, pred, labels=classes)
+    specificity = mcm[:, 0, 0] / np.maximum(mcm[:, 0, 0] + mcm[:, 0, 1], 1)
+    present = onehot.sum(0) > 0
+    roc = [skm.roc_auc_score(onehot[:, c], probs[:, c]) if 0 < onehot[:, c].sum() < len(labels)
+           else np.nan for c in classes]  # fmt: skip
+    pr = [skm.average_precision_score(onehot[:, c], probs[:, c]) if present[c] else np.nan
+          for c in classes]  # fmt: skip
+    out = {
+        "n": int(len(labels)),
+        "accuracy": skm.accuracy_score(labels, pred),
+        "balanced_accuracy": skm.balanced_accuracy_score(labels, pred),
+        "mcc": skm.matthews_corrcoef(labels, pred),
+        "roc_auc_macro": float(np.nanmean(roc)),
+        "pr_auc_macro": float(np.nanmean(pr)),
+        "ece": expected_calibration_error(probs, labels),
+        "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
+        "nll": skm.log_loss(labels, np.clip(probs, 1e-12, 1), labels=classes),
+    }
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            labels, pred, labels=classes, average=avg, zero_division=0
+        )
+        out.update({f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f})
+    out["per_class"] = {
+        name: {"precision": prec[c], "sensitivity": rec[c], "specificity": specificity[c],
+               "f1": f1[c], "roc_auc": roc[c], "pr_auc": pr[c], "support": int(support[c])}
+        for c, name in enumerate(class_names)
+    }  # fmt: skip
+    if TUMOUR_FREE in class_names:
+        none = list(class_names).index(TUMOUR_FREE)
+        tumour = labels != none
+        rate = float(np.mean(pred[tumour] == none)) if tumour.any() else np.nan
+        out["tumour_called_no_tumour_rate"] = rate
+    return _floats(out)
+
+
+def _floats(obj):
+    if isinstance(obj, dict):
+        return {k: _floats(v) for k, v in obj.items()}
+    if isinstance(obj, np.generic | float):
+        return None if np.isnan(obj) else round(float(obj), 6)
+    return obj
+
+
+def bootstrap_ci(
+    labels: np.ndarray, probs: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+    level: float = 0.95, class_names: Sequence[str] = CLASS_NAMES,
+) -> dict:  # fmt: skip
+    """Percentile bootstrap CIs for accuracy, macro-F1 and per-class sensitivity (vectorised).
+
+    Args:
+        labels: `(n,)` integer labels.
+        probs: `(n, classes)` probabilities.
+        n_resamples: Bootstrap resamples (≥ 1000 for reported numbers).
+        seed: Resampling seed.
+        level: Confidence level.
+        class_names: Names in label order.
+
+    Returns:
+        `{"accuracy": [lo, hi], "f1_macro": [lo, hi], "sensitivity": {class: [lo, hi]}}`.
+    """
+    rng = np.random.default_rng(seed)
+    n, k = len(labels), len(class_names)
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    y, p = labels[idx], probs.argmax(axis=1)[idx]
+    tp = np.stack([((p == c) & (y == c)).sum(1) for c in range(k)], 1).astype(float)
+    fp = np.stack([((p == c) & (y != c)).sum(1) for c in range(k)], 1)
+    fn = np.stack([((p != c) & (y == c)).sum(1) for c in range(k)], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        sens = tp / (tp + fn)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+
+    def ci(values):
+        return [round(float(v), 6) for v in np.nanpercentile(values, q)]
+
+    return {
+        "accuracy": ci((y == p).mean(1)),
+        "f1_macro": ci(f1.mean(1)),
+        "sensitivity": {name: ci(sens[:, c]) for c, name in enumerate(class_names)},
+        "n_resamples": n_resamples,
+        "level": level,
+    }
+
+
+def mcnemar(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
+    """Exact McNemar test of two models' correctness on the same images."""
+    a, b = pred_a == labels, pred_b == labels
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    p = stats.binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": float(p)}
+
+
+def pairwise_mcnemar(labels: np.ndarray, probs: dict[str, np.ndarray]) -> list[dict]:
+    """McNemar's test for every pair of models (and the ensemble)."""
+    return [{"a": a, "b": b, **mcnemar(labels, probs[a].argmax(1), probs[b].argmax(1))}
+            for a, b in itertools.combinations(probs, 2)]  # fmt: skip
+
+
+def trained_model_names(models_dir: str | Path = MODELS_DIR) -> list[str]:
+    """Names of the models in `models_dir` that have both `model.keras` and `metadata.json`."""
+    return sorted(p.parent.name for p in Path(models_dir).glob("*/model.keras")
+                  if (p.parent / "metadata.json").is_file())  # fmt: skip
+
+
+# --- the whole stage -----------------------------------------------------------------------------
+
+
+def _summary_row(name: str, result: dict) -> dict:
+    m, ci = result["metrics"], result["ci"]
+    row = {"model": name, "accuracy": m["accuracy"], "accuracy_ci": ci["accuracy"],
+           "f1_macro": m["f1_macro"], "f1_macro_ci": ci["f1_macro"],
+           "balanced_accuracy": m["balanced_accuracy"], "mcc": m["mcc"],
+           "roc_auc_macro": m["roc_auc_macro"], "ece_before": result["uncalibrated"]["ece"],
+           "ece_after": m["ece"], "temperature": result.get("temperature"),
+           "tumour_called_no_tumour_rate": m.get("tumour_called_no_tumour_rate")}  # fmt: skip
+    for cls, values in m["per_class"].items():
+        row[f"sensitivity_{cls}"] = values["sensitivity"]
+        row[f"sensitivity_{cls}_ci"] = ci["sensitivity"][cls]
+    return row
+
+
+def _fmt(value, ci=None) -> str:
+    if value is None:
+        return "–"
+    text = f"{100 * value:.1f}"
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
+
+
+def comparison_markdown(report: dict) -> str:
+    """Markdown table of every evaluated model and the ensemble (percent, 95 % CI)."""
+    leaky = "LEAKY — " if report["leakage"]["leaky"] else ""
+    classes = report["class_names"]
+    head = ["model", "accuracy", "macro-F1"] + [f"sens. {c}" for c in classes] + [
+        "ECE before → after", "T"]  # fmt: skip
+    lines = [f"{leaky}Test split: {report['split_sizes']['test']} images, 95 % bootstrap CIs "
+             f"({report['n_bootstrap']} resamples); numbers in %.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for row in report["table"]:
+        cells = [row["model"], _fmt(row["accuracy"], row["accuracy_ci"]),
+                 _fmt(row["f1_macro"], row["f1_macro_ci"])]  # fmt: skip
+        cells += [_fmt(row[f"sensitivity_{c}"], row[f"sensitivity_{c}_ci"]) for c in classes]
+        cells += [f"{_fmt(row['ece_before'])} → {_fmt(row['ece_after'])}",
+                  "–" if row["temperature"] is None else f"{row['temperature']:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    model_names: Sequence[str] | None = None,
+    manifest_path: str | Path | None = None,
+    models_dir: str | Path = MODELS_DIR,
+    results_dir: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    tta: bool = False,
+    use_ensemble: bool = True,
+    fit_ensemble: bool = True,
+    allow_leaky: bool = False,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
+    """Evaluate trained models (and their ensemble) on the manifest's test split.
+
+    Fits one temperature per model on the validation split, stores it in the model's
+    `metadata.json`, and reports every metric before/after calibration with bootstrap CIs.
+    Writes `results/metrics.json`, `results/03_evaluate/` (figures, `comparison.md`) and
+    `models/<name>/MODEL_CARD.md`.
+
+    Args:
+        model_names: Models to evaluate; default every trained model in `models_dir`.
+        manifest_path: Manifest CSV; defaults to `config.MANIFEST_PATH`.
+        models_dir: Folder of trained models.
+        results_dir: Output folder; defaults to `config.RESULTS_DIR`.
+        n_bootstrap: Bootstrap resamples (≥ 1000 for reported numbers).
+        tta: Test-time augmentation (flip and small shifts) for every model.
+        use_ensemble: Also evaluate soft voting over the models (when there are ≥ 2).
+        fit_ensemble: Fit the voting weights on validation (else equal weights).
+        allow_leaky: Evaluate a manifest that fails the leakage gate, labelling it LEAKY.
+        batch_size: Prediction batch size.
+        seed: Bootstrap seed.
+
+    Returns:
+        The report written to `metrics.json`.
+
+    Raises:
+        LeakageError: If the test split leaks and `allow_leaky` is false.
+        FileNotFoundError: If no trained model is found.
+    """
+    from btc import config, data, plots, train
+
+    config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
+    manifest_path = Path(manifest_path or config.MANIFEST_PATH)
+    results_dir = Path(results_dir or config.RESULTS_DIR)
+    out = results_dir / "03_evaluate"
+    manifest = data.load_manifest(manifest_path, check_leakage=False)
+    gate = leakage_gate(manifest, allow_leaky)
+    tag = "LEAKY " if gate["leaky"] else ""
+    names = list(model_names or trained_model_names(models_dir))
+    if not names:
+        raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
+    val_p, test_p, metas, labels = {}, {}, {}, {}
+    for name in names:
+        model, meta = train.load_trained(name, models_dir)
+        val_probs, val_y = predict_split(model, meta, manifest, "val", batch_size, tta)
+        test_probs, test_y = predict_split(model, meta, manifest, "test", batch_size, tta)
+        temperature = fit_temperature(val_probs, val_y)
+        meta.update(temperature=round(temperature, 4), temperature_fitted_on="val",
+                    temperature_tta=tta)  # fmt: skip
+        config.write_json_atomic(Path(models_dir) / name / "metadata.json", meta)
+        val_p[name], test_p[name], metas[name] = (
+            apply_temperature(val_probs, temperature), test_probs, meta)  # fmt: skip
+        labels = {"val": val_y, "test": test_y}
+    y = labels["test"]
+    results = {}
+    for name in names:
+        calibrated = apply_temperature(test_p[name], metas[name]["temperature"])
+        results[name] = {"temperature": metas[name]["temperature"],
+                         "uncalibrated": classification_metrics(y, test_p[name]),
+                         "metrics": classification_metrics(y, calibrated),
+                         "ci": bootstrap_ci(y, calibrated, n_bootstrap, seed), "probs": calibrated}  # fmt: skip
+    if use_ensemble and len(names) >= 2:
+        weights = (fit_ensemble_weights([val_p[n] for n in names], labels["val"]) if fit_ensemble
+                   else np.ones(len(names)) / len(names))  # fmt: skip
+        probs = ensemble([results[n]["probs"] for n in names], weights)
+        raw = ensemble([test_p[n] for n in names], weights)
+        results["ensemble"] = {"temperature": None, "weights": dict(zip(names, weights.round(4).tolist())),
+                               "uncalibrated": classification_metrics(y, raw),
+                               "metrics": classification_metrics(y, probs),
+                               "ci": bootstrap_ci(y, probs, n_bootstrap, seed), "probs": probs}  # fmt: skip
+    probs = {n: r.pop("probs") for n, r in results.items()}
+    report = {
+        "leakage": gate, "class_names": list(CLASS_NAMES), "tta": tta, "n_bootstrap": n_bootstrap,
+        "manifest_sha256": data.file_sha256(manifest_path),
+        "split_sizes": manifest["split"].value_counts().to_dict(),
+        "models": results, "mcnemar": pairwise_mcnemar(y, probs),
+        "table": [_summary_row(n, r) for n, r in results.items()],
+    }  # fmt: skip
+    config.write_json_atomic(results_dir / "metrics.json", report)
+    config.write_text_atomic(out / "comparison.md", comparison_markdown(report))
+    test_rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    for name, p in probs.items():
+        plots.confusion_matrices(
+            y, p.argmax(1), CLASS_NAMES, f"{tag}{name}", out / f"{name}_confusion.png"
+        )
+        plots.reliability_diagram(
+            [reliability_table(test_p.get(name, p), y), reliability_table(p, y)],
+            ["before temperature scaling", "after"], f"{tag}{name}", out / f"{name}_reliability.png",
+        )  # fmt: skip
+        plots.error_gallery(
+            test_rows, y, p, CLASS_NAMES, f"{tag}{name}", out / f"{name}_errors.png"
+        )
+    plots.roc_curves(y, probs, CLASS_NAMES, tag, out / "roc_curves.png")
+    histories = {n: pd.read_csv(Path(models_dir) / n / "history.csv") for n in names
+                 if (Path(models_dir) / n / "history.csv").is_file()}  # fmt: skip
+    if histories:
+        plots.all_training_curves(histories, out / "training_curves.png")
+    for name in names:
+        config.write_text_atomic(Path(models_dir) / name / "MODEL_CARD.md",
+                                 model_card(metas[name], results[name], report))  # fmt: skip
+    return report
+
+
+def model_card(meta: dict, result: dict, report: dict) -> str:
+    """Markdown model card: intended use, data, metrics with CIs, calibration, limitations."""
+    m, ci, u = result["metrics"], result["ci"], result["uncalibrated"]
+    leaky = "\n> **LEAKY EVALUATION** — the test split shares duplicates with training.\n" if report[
+        "leakage"]["leaky"] else ""  # fmt: skip
+    sens = "\n".join(
+        f"| {c} | {_fmt(v['sensitivity'], ci['sensitivity'][c])} | {_fmt(v['specificity'])} | "
+        f"{_fmt(v['precision'])} | {_fmt(v['f1'])} | {v['support']} |"
+        for c, v in m["per_class"].items()
+    )
+    cfg = meta["config"]
+    return f"""# Model card — {meta["name"]} ({meta["model"]})
+{leaky}
+## Intended use
+Research decision support for classifying 2-D brain MRI slices into {", ".join(meta["class_names"])}.
+**Not a diagnostic device**: not clinically validated; a radiologist's reading always prevails.
+Not for treatment decisions, other modalities, 3-D volumes, or paediatric populations.
+
+## Model
+Registry model `{meta["model"]}`, {meta["params_total"]:,} parameters, input {meta["image_size"]} px
+({meta["input"]}; normalisation inside the graph: {meta["normalisation"]}). Weights: `{cfg["weights"]}`.
+Trained {meta["epochs_run"]} epochs ({meta["training_seconds"] / 60:.1f} min), phases start at epochs
+{meta["phase_starts"]}; best validation accuracy {_fmt(meta["best_val_accuracy"])} %.
+Versions: {", ".join(f"{k} {v}" for k, v in meta["versions"].items())}.
+
+## Data and split
+Kaggle "Brain Tumor MRI Dataset" (Nickparvar; figshare, SARTAJ and Br35H sources). Exact, near and
+mirrored duplicates were grouped and every group kept in one split; images converted to grayscale
+to remove the colour-mode shortcut. Train {meta["train_images"]}, validation {meta["val_images"]},
+test {report["split_sizes"].get("test")} images. Manifest sha256 `{report["manifest_sha256"][:16]}…`.
+Leakage check: {report["leakage"]["test_images_leaked"]} test images share a group with train/val.
+
+## Test metrics (95 % bootstrap CI, {report["n_bootstrap"]} resamples), in %
+Accuracy {_fmt(m["accuracy"], ci["accuracy"])}; macro-F1 {_fmt(m["f1_macro"], ci["f1_macro"])};
+balanced accuracy {_fmt(m["balanced_accuracy"])}; MCC {m["mcc"]:.3f}; macro ROC-AUC {m["roc_auc_macro"]:.3f}.
+Tumours called "no tumour": {_fmt(m.get("tumour_called_no_tumour_rate"))} %.
+
+| class | sensitivity | specificity | precision | F1 | n |
+|---|---|---|---|---|---|
+{sens}
+
+## Calibration
+Temperature {result["temperature"]} fitted on the validation split. ECE (15 bins)
+{_fmt(u["ece"])} % → {_fmt(m["ece"])} %; NLL {u["nll"]:.3f} → {m["nll"]:.3f}; Brier {u["brier"]:.3f} → {m["brier"]:.3f}.
+
+## Limitations
+- No patient identifiers in the source data: neighbouring slices of one patient may still sit in
+  different splits; near-duplicate grouping reduces but cannot exclude this.
+- Three public sources with different scanners and protocols; performance on other sites is unknown.
+- A handful of labels in the source set may be wrong; groups with conflicting labels were dropped.
+- Single 2-D slices only; no clinical context.
+
+## Ethical considerations
+Errors have asymmetric costs: a missed tumour (see the "no tumour" rate above) is worse than a false
+alarm. Show calibrated confidence, not only the top class. Saliency maps show what the model used,
+not where the tumour is. Patient data must not leave the institution without consent.
+"""
+
+
+def plain_summary(report: dict) -> str:
+    """A short plain-language paragraph per model, for clinicians and reviewers."""
+    leaky = (
+        "LEAKY evaluation — these numbers overstate performance. "
+        if report["leakage"]["leaky"]
+        else ""
+    )
+    lines = []
+    for row in report["table"]:
+        worst = min(report["class_names"], key=lambda c: row[f"sensitivity_{c}"] or 0)
+        missed = row["tumour_called_no_tumour_rate"]
+        lines.append(
+            f"- **{row['model']}**: {leaky}correct on {_fmt(row['accuracy'])} % of "
+            f"{report['split_sizes']['test']} unseen test images (95 % CI "
+            f"{_fmt(row['accuracy_ci'][0])}–{_fmt(row['accuracy_ci'][1])} %). It misses "
+            f"{worst} most often (sensitivity {_fmt(row[f'sensitivity_{worst}'])} %), and calls "
+            f"{_fmt(missed)} % of tumours 'no tumour'. After calibration its confidence is off by "
+            f"{_fmt(row['ece_after'])} points on average (ECE; {_fmt(row['ece_before'])} before)."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,386 @@
+"""Training stage: two-phase transfer learning, resumable runs, self-describing artifacts.
+
+Transfer models train the head on a frozen backbone at a higher learning rate, then unfreeze the
+top of the backbone (batch normalisation kept in inference mode) at a lower, warmed-up and
+cosine-decayed learning rate. The CNN trains from scratch in one phase. A run killed mid-way
+resumes from its last finished epoch when started again (BackupAndRestore + a phase marker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from btc import __version__, data, models, plots
+from btc.config import (
+    CLASS_NAMES,
+    MANIFEST_PATH,
+    MODELS_DIR,
+    RESULTS_DIR,
+    _StageConfig,
+    atomic_path,
+    check_choice,
+    check_range,
+    write_json_atomic,
+)
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_StageConfig):
+    """Validated parameters of one model's training run.
+
+    Args:
+        model: Registry name (`btc.models.model_names()`).
+        image_size: Input side length.
+        batch_size: Global batch size (split across replicas under a strategy).
+        epochs_head: Phase-1 epochs (frozen backbone); for the CNN, its only phase.
+        epochs_finetune: Phase-2 epochs (top of the backbone unfrozen); ignored for the CNN.
+        lr_head: Learning rate of phase 1.
+        lr_finetune: Peak learning rate of phase 2 (after warm-up, then cosine decay).
+        finetune_fraction: Share of backbone layers (from the top) unfrozen in phase 2.
+        warmup_epochs: Linear warm-up length of phase 2, in epochs.
+        patience: EarlyStopping patience on validation loss (best weights restored).
+        weights: `"imagenet"`, `""`/`"none"` for random initialisation, or a weights-file path.
+        alpha: MobileNet width multiplier.
+        dropout: Head dropout.
+        class_weights: Weight the loss by inverse class frequency.
+        mixed_precision: Use float16 compute (GPU only).
+        strategy: `"default"`, `"mirrored"` (all local GPUs/devices) or `"multiworker"`
+            (`TF_CONFIG` cluster).
+        seed: Seed of weights initialisation, shuffling and augmentation.
+        name: Artifact folder name under `models/`; defaults to `model`.
+    """
+
+    model: str = "cnn"
+    image_size: int = 128
+    batch_size: int = 32
+    epochs_head: int = 5
+    epochs_finetune: int = 5
+    lr_head: float = 1e-3
+    lr_finetune: float = 1e-4
+    finetune_fraction: float = 0.3
+    warmup_epochs: int = 1
+    patience: int = 3
+    weights: str = "imagenet"
+    alpha: float = 1.0
+    dropout: float = 0.3
+    class_weights: bool = False
+    mixed_precision: bool = False
+    strategy: str = "default"
+    seed: int = 42
+    name: str = ""
+
+    def __post_init__(self):
+        check_choice("model", self.model, models.model_names())
+        spec = models.get_spec(self.model)
+        check_range("image_size", self.image_size, spec.min_size, 1024, types=int)
+        check_range("batch_size", self.batch_size, 1, 4096, types=int)
+        check_range("epochs_head", self.epochs_head, 1, 1000, types=int)
+        check_range("epochs_finetune", self.epochs_finetune, 0, 1000, types=int)
+        check_range("lr_head", self.lr_head, 0, 1, low_inclusive=False)
+        check_range("lr_finetune", self.lr_finetune, 0, 1, low_inclusive=False)
+        check_range("finetune_fraction", self.finetune_fraction, 0, 1)
+        check_range("warmup_epochs", self.warmup_epochs, 0, 100, types=int)
+        check_range("patience", self.patience, 1, 1000, types=int)
+        check_range("dropout", self.dropout, 0, 1, high_inclusive=False)
+        check_range("seed", self.seed, 0, types=int)
+        check_choice("alpha", self.alpha, (1.0, 0.75, 0.5, 0.25))
+        check_choice("strategy", self.strategy, STRATEGIES)
+        if str(self.weights).lower() in ("", "none"):
+            object.__setattr__(self, "weights", "none")
+        if not self.name:
+            object.__setattr__(self, "name", self.model)
+
+    @property
+    def weights_arg(self) -> str | None:
+        """`weights` as `build_model` takes it (`None` for random initialisation)."""
+        return None if self.weights == "none" else self.weights
+
+
+def get_strategy(name: str = "default"):
+    """Return a `tf.distribute` strategy by name.
+
+    `"mirrored"` replicates over every local GPU (or every logical CPU device when there is no
+    GPU); `"multiworker"` reads the cluster from `TF_CONFIG` (one process per machine).
+    """
+    import tensorflow as tf
+
+    check_choice("strategy", name, STRATEGIES)
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def set_trainable(model: keras.Model, phase: str, finetune_fraction: float = 0.3) -> int:
+    """Freeze or unfreeze backbone layers for a training phase; return trainable layer count.
+
+    Phase `"head"` freezes the whole backbone. Phase `"finetune"` unfreezes the top
+    `finetune_fraction` of backbone layers, keeping every BatchNormalization layer frozen (in
+    Keras 3 a frozen BN layer runs in inference mode, so its statistics are not disturbed).
+    """
+    backbone = set(getattr(model, "backbone_layers", []))
+    ordered = [layer for layer in model.layers if layer.name in backbone]
+    first_unfrozen = len(ordered) - int(round(finetune_fraction * len(ordered)))
+    for layer in model.layers:
+        if layer.name not in backbone:
+            layer.trainable = True
+            continue
+        position = ordered.index(layer)
+        layer.trainable = (
+            phase == "finetune"
+            and position >= first_unfrozen
+            and not isinstance(layer, keras.layers.BatchNormalization)
+        )
+    return sum(1 for layer in model.layers if layer.trainable and layer.weights)
+
+
+def _warmup_cosine(peak: float, steps: int, warmup_steps: int):
+    decay_steps = max(steps - warmup_steps, 1)
+    if warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(
+            peak / 10, decay_steps, alpha=0.05, warmup_target=peak, warmup_steps=warmup_steps
+        )
+    return keras.optimizers.schedules.CosineDecay(peak, decay_steps, alpha=0.05)
+
+
+def _compile(model: keras.Model, learning_rate) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _class_weights(manifest: pd.DataFrame) -> dict[int, float]:
+    counts = manifest.loc[manifest.split == "train", "class"].value_counts()
+    total = counts.sum()
+    return {
+        i: float(total / (len(CLASS_NAMES) * counts.get(c, 1))) for i, c in enumerate(CLASS_NAMES)
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """Return the versions that determine a model's behaviour."""
+    import sklearn
+    import tensorflow as tf
+
+    return {"btc": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}  # fmt: skip
+
+
+def save_model_atomic(model: keras.Model, path: str | Path) -> Path:
+    """Save a model as `.keras` so that the file is either the old one or the complete new one."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return Path(path)
+
+
+def train(
+    config: TrainConfig,
+    manifest: pd.DataFrame | str | Path = MANIFEST_PATH,
+    models_dir: str | Path = MODELS_DIR,
+    results_dir: str | Path = RESULTS_DIR,
+    callbacks: list | None = None,
+    verbose: int | str = "auto",
+) -> dict:
+    """Train one model on a manifest's train split, validating on its val split.
+
+    Starting the same run again after a crash resumes from the last finished epoch. The finished
+    model, its metadata and history go to `models_dir/<name>/`; the curves figure to
+    `results_dir/02_train/<name>_curves.png`.
+
+    Args:
+        config: Validated training parameters.
+        manifest: Manifest DataFrame or CSV path (from 01_preprocess).
+        models_dir: Parent folder of model artifacts.
+        results_dir: Parent folder of figures.
+        callbacks: Extra Keras callbacks, run after btc's own (e.g. for tests).
+        verbose: Keras `fit` verbosity (progress bars by default).
+
+    Returns:
+        The metadata dict written to `metadata.json`.
+
+    Raises:
+        ValueError: On bad parameters or an empty split.
+        WeightsUnavailableError: If ImageNet weights are requested but unavailable.
+    """
+    manifest_path = Path(manifest) if not isinstance(manifest, pd.DataFrame) else None
+    frame = data.load_manifest(manifest_path, check_leakage=False) if manifest_path else manifest
+    if data.crossing_groups(frame, ["train", "val"]):  # test leakage is evaluation's gate
+        raise ValueError("The manifest's train and val splits share duplicate groups; re-run 01")
+    out = Path(models_dir) / config.name
+    work = out / "run"  # checkpoints and backups of an unfinished run
+    work.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    spec = models.get_spec(config.model)
+    strategy = get_strategy(config.strategy)
+    train_ds = data.make_dataset(
+        frame, "train", config.image_size, config.batch_size, seed=config.seed
+    )
+    val_ds = data.make_dataset(frame, "val", config.image_size, config.batch_size, seed=config.seed)
+    steps_per_epoch = math.ceil((frame.split == "train").sum() / config.batch_size)
+    with strategy.scope():
+        model = models.build_model(
+            config.model, len(CLASS_NAMES), config.image_size, config.weights_arg,
+            alpha=config.alpha, dropout=config.dropout,
+        )  # fmt: skip
+    phases = [("head", config.epochs_head, config.lr_head)]
+    if spec.transfer and config.epochs_finetune:
+        phases.append(("finetune", config.epochs_finetune, config.lr_finetune))
+    history_csv = work / "history.csv"
+    start, epoch0, phase_starts = time.perf_counter(), 0, []
+    for phase, epochs, lr in phases:
+        marker = work / f"{phase}.done.weights.h5"
+        set_trainable(model, phase if spec.transfer else "finetune", config.finetune_fraction)
+        if marker.is_file():  # finished before a crash: reuse it, do not retrain
+            model.load_weights(marker)
+            epoch0 += epochs
+            phase_starts.append(epoch0 - epochs)
+            continue
+        phase_starts.append(epoch0)
+        if phase == "finetune":
+            warm = config.warmup_epochs * steps_per_epoch
+            lr = _warmup_cosine(lr, epochs * steps_per_epoch, warm)
+        elif not spec.transfer:  # from scratch: one phase, decayed to settle BN and weights
+            lr = _warmup_cosine(lr, epochs * steps_per_epoch, 0)
+        with strategy.scope():
+            _compile(model, lr)
+        cbs = [
+            keras.callbacks.BackupAndRestore(str(work / f"backup_{phase}")),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            ),
+            keras.callbacks.ModelCheckpoint(str(work / "best.keras"), monitor="val_loss", save_best_only=True),
+            keras.callbacks.CSVLogger(str(history_csv), append=True),
+            *(callbacks or []),
+        ]  # fmt: skip
+        model.fit(
+            train_ds, validation_data=val_ds, initial_epoch=epoch0, epochs=epoch0 + epochs,
+            callbacks=cbs, verbose=verbose,
+            class_weight=_class_weights(frame) if config.class_weights else None,
+        )  # fmt: skip
+        model.save_weights(marker)
+        epoch0 += epochs
+    seconds = time.perf_counter() - start
+    history = pd.read_csv(history_csv).drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    history["phase"] = [_phase_of(e, phase_starts, phases) for e in history["epoch"]]
+    best = history.loc[history["val_loss"].idxmin()]
+    out.mkdir(parents=True, exist_ok=True)
+    save_model_atomic(model, out / "model.keras")
+    with atomic_path(out / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    metadata = {
+        "name": config.name,
+        "model": config.model,
+        "class_names": list(CLASS_NAMES),
+        "image_size": config.image_size,
+        "input": "float32 [0,1] grayscale replicated to 3 channels, padded to square",
+        "normalisation": spec.normalisation,
+        "gradcam_layer": spec.gradcam_layer,
+        "config": config.to_dict(),
+        "manifest_sha256": data.file_sha256(manifest_path) if manifest_path else None,
+        "train_images": int((frame.split == "train").sum()),
+        "val_images": int((frame.split == "val").sum()),
+        "versions": package_versions(),
+        "params_total": int(model.count_params()),
+        "params_trainable_last_phase": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "training_seconds": round(seconds, 1),
+        "epochs_run": int(len(history)),
+        "phase_starts": phase_starts,
+        "best_epoch": int(best["epoch"]) + 1,
+        "best_val_loss": float(best["val_loss"]),
+        "best_val_accuracy": float(best["val_accuracy"]),
+        "temperature": 1.0,
+        "strategy": config.strategy,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(out / "metadata.json", metadata)
+    plots.training_curves(
+        history, phase_starts[1:], title=config.name,
+        path=Path(results_dir) / "02_train" / f"{config.name}_curves.png",
+    )  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
+    return metadata
+
+
+def _phase_of(epoch: int, starts: list[int], phases: list) -> str:
+    index = max(i for i, s in enumerate(starts) if epoch >= s)
+    return phases[index][0]
+
+
+def load_trained(name: str, models_dir: str | Path = MODELS_DIR) -> tuple[keras.Model, dict]:
+    """Load `models_dir/<name>/model.keras` and its metadata.
+
+    Raises:
+        FileNotFoundError: If the model has not been trained (lists the trained ones).
+    """
+    folder = Path(models_dir) / name
+    if not (folder / "model.keras").is_file():
+        trained = sorted(p.parent.name for p in Path(models_dir).glob("*/model.keras"))
+        raise FileNotFoundError(
+            f"`name` must be a trained model in {str(models_dir)!r}: {trained}. Received: name={name!r}"
+        )
+    metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    return keras.saving.load_model(folder / "model.keras"), metadata
+
+
+def summary_table(metadatas: list[dict]) -> pd.DataFrame:
+    """One row per trained model: parameters, epochs, time and best validation metrics."""
+    rows = [{"model": m["name"], "params": m["params_total"], "image_size": m["image_size"],
+             "epochs": m["epochs_run"], "minutes": round(m["training_seconds"] / 60, 1),
+             "best_val_accuracy": round(m["best_val_accuracy"], 4),
+             "best_val_loss": round(m["best_val_loss"], 4)} for m in metadatas]  # fmt: skip
+    return pd.DataFrame(rows).set_index("model")
+
+
+def configs_for(
+    model_names: list[str] | str, epochs_cnn: int, mobilenet_alpha: float, **common
+) -> list[TrainConfig]:
+    """Build one `TrainConfig` per model from the notebook's shared parameters.
+
+    Args:
+        model_names: Registry names (a list or a comma-separated string).
+        epochs_cnn: Epochs of models trained from scratch (one phase).
+        mobilenet_alpha: Width multiplier of MobileNet backbones.
+        **common: Other `TrainConfig` fields, shared by every model.
+
+    Returns:
+        Validated configs, in the given order.
+
+    Raises:
+        ValueError: On an unknown model name or parameter.
+    """
+    if isinstance(model_names, str):
+        model_names = [n.strip() for n in model_names.split(",") if n.strip()]
+    if not model_names:
+        raise ValueError(
+            f"`models` must name at least one of {models.model_names()}. Received: models=[]"
+        )
+    configs = []
+    for name in model_names:
+        check_choice("models", name, models.model_names())
+        extra = {"alpha": mobilenet_alpha} if name.startswith("mobilenet") else {}
+        if not models.get_spec(name).transfer:
+            extra.update(epochs_head=epochs_cnn, epochs_finetune=0, weights="none")
+        configs.append(TrainConfig.from_params(common, model=name, **extra))
+    return configs
