@@ -49,6 +49,58 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from btc import predict
+
+    try:
+        models = predict.load_models(None if args.model == predict.ENSEMBLE else [args.model])
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    records = predict.predict_files(args.images, args.model, models)
+    if args.saliency:
+        _write_saliency(records, models, args)
+    for rec in records:
+        if not rec["ok"]:
+            print(f"warning: {rec['error']}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+    else:
+        from btc.config import CLASS_NAMES
+
+        fields = ["file", "ok", "error", "model", "class", "confidence", "runner_up"]
+        writer = csv.DictWriter(
+            sys.stdout, fields + [f"p_{c}" for c in CLASS_NAMES], extrasaction="ignore"
+        )
+        writer.writeheader()
+        for rec in records:
+            probs = {f"p_{c}": p for c, p in rec.get("probabilities", {}).items()}
+            writer.writerow({**rec, **probs})
+    return 0 if any(r["ok"] for r in records) else 1
+
+
+def _write_saliency(records: list[dict], models: dict, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from btc import plots, predict
+
+    out = Path(args.saliency)
+    for rec in records:
+        if not rec["ok"]:
+            continue
+        full = predict.predict([rec["file"]], args.model, models)[0]
+        saliency = predict.saliency_for(full, models, args.method)
+        path = out / f"{Path(rec['file']).stem}_{args.method}.png"
+        plots.saliency_overlay(full["image"], {args.method: saliency},
+                               f"{rec['class']} ({rec['confidence']:.0%} calibrated) — {args.model}",
+                               path=path)  # fmt: skip
+        rec["saliency_png"] = str(path)
+        plots.plt.close("all")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `btc` argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(
@@ -68,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="index, de-duplicate and split the data (stage 01)")
     p.add_argument("-p", "--param", type=_key_value, action="append", help="NAME=VALUE")
     p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify scans with trained models (one JSON/CSV record per file)",
+        description="Classify JPEG/PNG scans. One record per file; a bad file gets ok=false and "
+        "an error. Exit code 0 when at least one file was predicted, 1 when none could be, 2 when "
+        "no model is available. Research decision support, not a diagnosis.",
+    )
+    p.add_argument("images", nargs="+", help="JPEG or PNG files")
+    p.add_argument("--model", default="ensemble", help="a trained model's name or 'ensemble'")
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="output format")
+    p.add_argument("--saliency", metavar="DIR", help="also write saliency overlays to DIR")
+    p.add_argument("--method", default="gradcam", help="saliency method (gradcam, ...)")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -115,14 +115,20 @@ def inspect_image(path: str | Path) -> dict:
     Returns:
         A dict with the `INDEX_COLUMNS` other than path, class and official split.
     """
-    path = Path(path)
-    row = dict(sha256=None, width=0, height=0, mode=None, format="unknown", bytes=0,
-               readable=False, error=None, phash=None, phash_mirror=None)  # fmt: skip
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
-        row["error"] = f"cannot read file: {exc.strerror or exc}"
-        return row
+        return {**_EMPTY_ROW, "error": f"cannot read file: {exc.strerror or exc}"}
+    return inspect_bytes(data)
+
+
+_EMPTY_ROW = dict(sha256=None, width=0, height=0, mode=None, format="unknown", bytes=0,
+                  readable=False, error=None, phash=None, phash_mirror=None)  # fmt: skip
+
+
+def inspect_bytes(data: bytes) -> dict:
+    """Like `inspect_image`, for the encoded bytes of an image (e.g. an upload)."""
+    row = dict(_EMPTY_ROW)
     row["bytes"] = len(data)
     row["sha256"] = hashlib.sha256(data).hexdigest()
     row["format"] = detect_format(data[:16])

@@ -436,6 +436,10 @@ def evaluate(
                                "uncalibrated": classification_metrics(y, raw),
                                "metrics": classification_metrics(y, probs),
                                "ci": bootstrap_ci(y, probs, n_bootstrap, seed), "probs": probs}  # fmt: skip
+    if "ensemble" in results:
+        config.write_json_atomic(Path(models_dir) / "ensemble.json",
+                                 {"members": names, "weights": results["ensemble"]["weights"],
+                                  "fitted_on": "val" if fit_ensemble else "equal"})  # fmt: skip
     probs = {n: r.pop("probs") for n, r in results.items()}
     report = {
         "leakage": gate, "class_names": list(CLASS_NAMES), "tta": tta, "n_bootstrap": n_bootstrap,

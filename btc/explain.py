@@ -266,3 +266,86 @@ def faithfulness_table(
             row.update({col: float(values.mean()), f"{col}_ci": [float(lo), float(hi)]})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --- the report (a section of 03_evaluate) -----------------------------------------------------------
+
+
+def select_examples(labels, probs, per_class: int, seed: int = 0) -> list[int]:
+    """Pick up to `per_class` test images per true class: about half correct, half mistakes."""
+    rng = np.random.default_rng(seed)
+    pred, chosen = probs.argmax(1), []
+    for c in range(probs.shape[1]):
+        right = rng.permutation(np.flatnonzero((labels == c) & (pred == c)))
+        wrong = np.flatnonzero((labels == c) & (pred != c))
+        wrong = wrong[np.argsort(-probs[wrong].max(1))]  # most confident mistakes first
+        n_wrong = min(len(wrong), per_class // 2)
+        chosen += list(wrong[:n_wrong]) + list(right[: per_class - n_wrong])
+    return [int(i) for i in chosen]
+
+
+def saliency_report(
+    model_names: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
+    images_per_class: int = 4, sanity_check: bool = True, sanity_images: int = 8,
+    manifest_path=None, models_dir=None, results_dir=None, n_bootstrap: int = 1000, seed: int = 0,
+) -> dict:  # fmt: skip
+    """Saliency figures, sanity check and faithfulness for trained models on the test split.
+
+    Writes `results/saliency_maps/<model>/<class>/<file>.png` (scan and every method, titled
+    with truth, prediction and calibrated confidence), `results/03_evaluate/<model>_sanity.png`
+    and `results/03_evaluate/saliency_report.json`.
+
+    Returns:
+        The report: per model, the sanity-check table and the faithfulness table.
+    """
+    from pathlib import Path
+
+    from btc import config, data, evaluate, plots, train
+
+    for method in methods:
+        _check_method(method)
+    models_dir = Path(models_dir or config.MODELS_DIR)
+    results_dir = Path(results_dir or config.RESULTS_DIR)
+    manifest = data.load_manifest(manifest_path or config.MANIFEST_PATH, check_leakage=False)
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    report = {"methods": list(methods), "images_per_class": images_per_class, "models": {}}
+    for name in model_names or evaluate.trained_model_names(models_dir):
+        model, meta = train.load_trained(name, models_dir)
+        raw, labels = evaluate.predict_split(model, meta, manifest, "test")
+        probs = evaluate.apply_temperature(raw, meta.get("temperature", 1.0))
+        chosen = select_examples(labels, probs, images_per_class, seed)
+        subset = test.loc[chosen].assign(split="test")
+        images = np.concatenate([x.numpy() for x, _ in data.make_dataset(
+            subset, "test", meta["image_size"], 64, augment=False, shuffle=False, cache=False,
+            class_names=meta["class_names"])])  # fmt: skip
+        targets = probs[chosen].argmax(1)  # explain what the model predicted
+        explainer = Explainer(model, meta["gradcam_layer"])
+        maps = {m: explainer(images, targets, m) for m in methods}
+        classes = meta["class_names"]
+        for k, i in enumerate(chosen):
+            truth, pred = classes[labels[i]], classes[targets[k]]
+            verdict = "correct" if truth == pred else "WRONG"
+            plots.saliency_overlay(
+                images[k], {m: maps[m][k] for m in methods},
+                f"{name} · true {truth} · predicted {pred} ({probs[i].max():.0%} calibrated) · {verdict}",
+                path=results_dir / "saliency_maps" / name / truth / f"{Path(test.loc[i, 'path']).stem}.png",
+            )  # fmt: skip
+            plt_close()
+        entry = {"faithfulness": faithfulness_table(model, explainer, images, targets, methods,
+                                                    n_bootstrap, seed).to_dict("records")}  # fmt: skip
+        if sanity_check:
+            table = cascading_randomisation(model, meta["gradcam_layer"], images[:sanity_images],
+                                            targets[:sanity_images], methods, seed=seed)  # fmt: skip
+            plots.sanity_curves(table, name, results_dir / "03_evaluate" / f"{name}_sanity.png")
+            entry["sanity_check"] = table.to_dict("records")
+        report["models"][name] = entry
+        plt_close()
+    config.write_json_atomic(results_dir / "03_evaluate" / "saliency_report.json", report)
+    return report
+
+
+def plt_close() -> None:
+    """Close every open matplotlib figure (long reports would otherwise pile them up)."""
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

@@ -25,6 +25,16 @@ def save(fig: plt.Figure, path: str | Path | None, dpi: int = 110) -> plt.Figure
     return fig
 
 
+def to_png(fig: plt.Figure, dpi: int = 100) -> bytes:
+    """Render a figure to PNG bytes and close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def load_gray(path: str | Path, size: int | None = None) -> np.ndarray:
     """Load an image file as a uint8 grayscale array, optionally thumbnailed to `size`."""
     from btc.data import to_grayscale
@@ -233,5 +243,43 @@ def all_training_curves(histories: dict[str, pd.DataFrame], path=None) -> plt.Fi
     for ax, metric in zip(axes, ("accuracy", "loss")):
         ax.set(xlabel="epoch", ylabel=metric, title=f"training curves — {metric}")
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def saliency_overlay(
+    image: np.ndarray, maps: dict[str, np.ndarray], title: str = "", cmap: str = "jet",
+    alpha: float = 0.45, path: str | Path | None = None,
+) -> plt.Figure:  # fmt: skip
+    """The grayscale scan, then one overlay per saliency method, each with a colour bar.
+
+    No mask or threshold is applied: the colour shows the map as computed ([0, 1]; in `jet`,
+    red = strongest evidence for the target class, blue = none).
+    """
+    gray = np.asarray(image)[..., 0] if np.asarray(image).ndim == 3 else np.asarray(image)
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.1 * (len(maps) + 1), 3.3))
+    axes[0].imshow(gray, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("scan", fontsize=8)
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+        shown = ax.imshow(m, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def sanity_curves(table: pd.DataFrame, title: str = "", path=None) -> plt.Figure:
+    """Spearman correlation with the trained maps vs share of layers randomised (top down)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, rows in table.groupby("method"):
+        ax.plot(rows["fraction"], rows["spearman"], marker="o", label=method)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="pass threshold")
+    ax.set(xlabel="share of weighted layers re-initialised (from the top)", ylabel="Spearman ρ",
+           ylim=(-0.2, 1.05), title=f"{title} cascading randomisation".strip())  # fmt: skip
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)

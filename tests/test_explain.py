@@ -110,3 +110,25 @@ def test_describe_map_locates_the_mass():
     m[2:10, 30:38] = 1.0
     d = explain.describe_map(m)
     assert d["region"] == "upper right" and d["left_share"] == 0.0 and d["upper_share"] == 1.0
+
+
+def test_saliency_report_writes_titled_figures_and_json(tiny_models, tmp_path):
+    import json
+
+    models_dir, manifest = tiny_models
+    report = explain.saliency_report(["cnn"], ["gradcam", "smoothgrad"], images_per_class=2,
+                                     sanity_images=4, manifest_path=manifest, models_dir=models_dir,
+                                     results_dir=tmp_path, n_bootstrap=100)  # fmt: skip
+    figures = list((tmp_path / "saliency_maps" / "cnn").glob("*/*.png"))
+    assert len(figures) >= 4 and {p.parent.name for p in figures} <= set(explain_classes())
+    saved = json.loads((tmp_path / "03_evaluate" / "saliency_report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    faith = {row["method"] for row in report["models"]["cnn"]["faithfulness"]}
+    assert faith == {"gradcam", "smoothgrad", "random baseline", "centre-blob baseline"}
+    assert (tmp_path / "03_evaluate" / "cnn_sanity.png").is_file()
+
+
+def explain_classes():
+    from btc.config import CLASS_NAMES
+
+    return CLASS_NAMES

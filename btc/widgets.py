@@ -1,0 +1,230 @@
+"""The interactive demo (04_predict_interactive): upload or pick a scan, predict, explain, chat.
+
+`PredictApp` holds the widgets and the logic; every handler can also be called from Python, so
+tests drive it without a browser. `run_batch` is the non-interactive path papermill uses.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import ipywidgets as w
+import numpy as np
+import pandas as pd
+
+from btc import explain, llm, plots, predict
+from btc.config import CLASS_NAMES, MANIFEST_PATH, RESULTS_DIR, write_json_atomic
+
+DISCLAIMER = "Research decision support — not a diagnosis. Discuss every scan with the care team."
+
+
+def probability_bars(probabilities: dict[str, float], predicted: str) -> str:
+    """HTML bar chart of class probabilities (the predicted class highlighted)."""
+    rows = []
+    for cls in CLASS_NAMES:
+        p = probabilities[cls]
+        colour = "#d9534f" if cls == predicted else "#5b8def"
+        rows.append(
+            f"<div class='btc-bar' data-class='{cls}' style='display:flex;align-items:center;gap:6px'>"
+            f"<span style='width:130px'>{llm.CLASS_WORDS[cls]}</span>"
+            f"<span style='display:inline-block;height:14px;width:{max(p * 240, 1):.0f}px;"
+            f"background:{colour}'></span><span class='btc-prob'>{p:.1%}</span></div>"
+        )
+    return "".join(rows)
+
+
+def test_samples(
+    manifest_path=MANIFEST_PATH, per_class: int = 3, seed: int = 0
+) -> list[tuple[str, str]]:
+    """`(label, path)` options of test-split images, `per_class` per class (empty if no manifest)."""
+    from btc import data
+
+    if not Path(manifest_path).is_file():
+        return []
+    test = data.load_manifest(manifest_path, check_leakage=False).query("split == 'test'")
+    picked = test.sample(frac=1.0, random_state=seed).groupby("class").head(per_class)
+    picked = picked.sort_values(["class", "path"])
+    return [(f"{r['class']} · {Path(r['path']).name}", r["path"]) for _, r in picked.iterrows()]
+
+
+class PredictApp:
+    """The ipywidgets app: FileUpload / sample picker → Predict → probabilities, map, explanation.
+
+    Args:
+        models: Output of `predict.load_models` (loaded when omitted).
+        manifest_path: Manifest whose test split feeds the sample picker.
+        method: Initial saliency method.
+        colormap: Overlay colormap (also described to the LLM).
+        gemini_model: Gemini model name.
+        client: google-genai client (default from the environment; `None` → template text).
+    """
+
+    def __init__(self, models=None, manifest_path=MANIFEST_PATH, method: str = explain.DEFAULT_METHOD,
+                 colormap: str = "jet", gemini_model: str = llm.DEFAULT_MODEL, client=None):  # fmt: skip
+        self.models = models or predict.load_models()
+        self.colormap, self.gemini_model = colormap, gemini_model
+        self.client = client if client is not None else llm.make_client()
+        self.upload = w.FileUpload(accept=".jpg,.jpeg,.png,image/jpeg,image/png", multiple=False,
+                                   description="Upload")  # fmt: skip
+        self.sample = w.Dropdown(options=[("— pick a test image —", None), *test_samples(manifest_path)],
+                                 description="Sample")  # fmt: skip
+        self.model = w.Dropdown(options=[*self.models, predict.ENSEMBLE], value=predict.ENSEMBLE
+                                if len(self.models) > 1 else next(iter(self.models)), description="Model")  # fmt: skip
+        self.method = w.Dropdown(
+            options=list(explain.METHODS), value=method, description="Saliency"
+        )
+        self.share = w.Checkbox(value=False, description="Share images with Gemini", indent=False)
+        self.predict_button = w.Button(description="Predict", button_style="primary", icon="play")
+        self.status = w.HTML()
+        self.result = w.HTML()
+        self.bars = w.HTML()
+        self.overlay = w.Image(format="png", layout=w.Layout(max_width="640px"))
+        self.explanation = w.HTML()
+        self.question = w.Text(placeholder="Ask about this result…", layout=w.Layout(width="60%"))
+        self.ask_button = w.Button(description="Ask", icon="comment")
+        self.chat_log = w.HTML()
+        self.history: list[dict] = []
+        self.record: dict | None = None
+        self.facts: llm.Facts | None = None
+        self._source: tuple[str, object] | None = None
+        self.upload.observe(self._on_upload, names="value")
+        self.sample.observe(self._on_sample, names="value")
+        self.predict_button.on_click(lambda _: self.run_prediction())
+        self.ask_button.on_click(lambda _: self.ask())
+        self.widget = w.VBox([
+            w.HTML(f"<b>btc — brain MRI classifier</b><br><i>{DISCLAIMER}</i>"),
+            w.HBox([self.upload, self.sample]), w.HBox([self.model, self.method]),
+            w.HBox([self.predict_button, self.share]), self.status, self.result, self.bars,
+            self.overlay, self.explanation, w.HBox([self.question, self.ask_button]), self.chat_log,
+        ])  # fmt: skip
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if not files:
+            return
+        item = files[0]
+        name, content = item["name"], bytes(item["content"])
+        try:
+            predict.check_image_bytes(content, name)
+        except predict.ImageError as exc:
+            self._source = None
+            self.status.value = f"<span style='color:#c00'>Rejected: {html.escape(str(exc))}</span>"
+            return
+        self._source = ("upload", content)
+        self.status.value = f"Uploaded {html.escape(name)} — press Predict."
+
+    def _on_sample(self, change) -> None:
+        if change["new"]:
+            self._source = ("sample", change["new"])
+            self.status.value = f"Selected {html.escape(Path(change['new']).name)} — press Predict."
+
+    def run_prediction(self) -> dict | None:
+        """Predict the current upload or sample; fill the result, bars, overlay and explanation."""
+        if self._source is None:
+            self.status.value = "Upload a JPEG/PNG scan or pick a test image first."
+            return None
+        self.status.value = "Predicting…"
+        try:
+            record = predict.predict([self._source[1]], self.model.value, self.models)[0]
+        except predict.ImageError as exc:
+            self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
+            return None
+        saliency = predict.saliency_for(record, self.models, self.method.value)
+        self.record = record
+        self.facts = llm.Facts(record["class"], record["probabilities"], self.model.value,
+                               self.method.value, explain.describe_map(saliency), self.colormap)  # fmt: skip
+        words = llm.confidence_words(record["confidence"])
+        self.result.value = (
+            f"<div class='btc-result'><b>Prediction: {llm.CLASS_WORDS[record['class']]}</b> — "
+            f"{record['confidence']:.1%} calibrated probability ({words} confidence); runner-up "
+            f"{llm.CLASS_WORDS[record['runner_up']]} {record['runner_up_probability']:.1%}. "
+            f"<i>{DISCLAIMER}</i></div>"
+        )
+        self.bars.value = probability_bars(record["probabilities"], record["class"])
+        fig = plots.saliency_overlay(record["image"], {self.method.value: saliency},
+                                     f"{self.model.value}: {record['class']}", cmap=self.colormap)  # fmt: skip
+        self.overlay.value = plots.to_png(fig)
+        images = [record["image"], saliency] if self.share.value else []
+        result = llm.explain(self.facts, images, self.share.value, self.gemini_model, self.client)
+        note = (
+            f"<br><small>{html.escape(result.error)}</small>"
+            if result.error and self.client
+            else ""
+        )
+        self.explanation.value = (
+            f"<div class='btc-explanation'>{html.escape(result.text)}{note}</div>"
+        )
+        self.history = []
+        self.chat_log.value = ""
+        self.status.value = "Done."
+        return record
+
+    def ask(self, question: str | None = None) -> str | None:
+        """Send the chat question (or the text box's) about the current prediction."""
+        question = (question if question is not None else self.question.value).strip()
+        if not question:
+            return None
+        if self.facts is None:
+            self.status.value = "Predict a scan before asking about it."
+            return None
+        answer, self.history = llm.chat(
+            self.history, question, self.facts, self.gemini_model, self.client
+        )
+        self.question.value = ""
+        self.chat_log.value = "".join(
+            f"<p><b>{'You' if t['role'] == 'user' else 'Assistant'}:</b> {html.escape(t['text'])}</p>"
+            for t in self.history
+        )
+        return answer
+
+
+def run_batch(
+    image_paths: list[str], model: str = predict.ENSEMBLE, method: str = explain.DEFAULT_METHOD,
+    share_images: bool = False, gemini_model: str = llm.DEFAULT_MODEL, models=None,
+    results_dir=RESULTS_DIR, client=None,
+) -> pd.DataFrame:  # fmt: skip
+    """Predict files non-interactively; write predictions, overlays and explanations.
+
+    Writes `results/04_predict/predictions.json`, `<file>_<method>.png` overlays and
+    `explanations.md`. Bad files are reported in the table and skipped.
+
+    Returns:
+        One row per file: file, ok, error, class, confidence, runner-up, explanation source.
+    """
+    models = models or predict.load_models()
+    client = client if client is not None else llm.make_client()
+    out = Path(results_dir) / "04_predict"
+    records, texts = predict.predict_files(image_paths, model, models), []
+    for rec in records:
+        if not rec["ok"]:
+            continue
+        full = predict.predict([rec["file"]], model, models)[0]
+        saliency = predict.saliency_for(full, models, method)
+        stem = Path(rec["file"]).stem
+        plots.saliency_overlay(full["image"], {method: saliency},
+                               f"{rec['class']} ({rec['confidence']:.0%} calibrated) — {model}",
+                               path=out / f"{stem}_{method}.png")  # fmt: skip
+        plots.plt.close("all")
+        facts = llm.Facts(
+            rec["class"], rec["probabilities"], model, method, explain.describe_map(saliency)
+        )
+        images = [full["image"], saliency] if share_images else []
+        result = llm.explain(facts, images, share_images, gemini_model, client)
+        rec.update(
+            explanation=result.text, explanation_source=result.source, saliency=facts.saliency
+        )
+        texts.append(f"## {Path(rec['file']).name}\n\n{result.text}\n")
+    write_json_atomic(out / "predictions.json", json.loads(json.dumps(records, default=_plain)))
+    from btc.config import write_text_atomic
+
+    write_text_atomic(
+        out / "explanations.md", f"# Explanations\n\n_{DISCLAIMER}_\n\n" + "\n".join(texts)
+    )
+    cols = ["file", "ok", "error", "class", "confidence", "runner_up", "explanation_source"]
+    return pd.DataFrame(records).reindex(columns=cols)
+
+
+def _plain(obj):
+    return obj.tolist() if isinstance(obj, np.ndarray) else str(obj)

@@ -1,0 +1,173 @@
+"""Tests of btc.predict, the `btc predict` CLI and the widget logic (tiny trained models)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from btc import config, data, predict
+from tests import images
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    models_dir, manifest = tiny_models
+    return predict.load_models(models_dir=models_dir), models_dir, manifest
+
+
+@pytest.fixture(scope="module")
+def test_files(tiny_models):
+    frame = pd.read_csv(tiny_models[1], keep_default_na=False)
+    return frame[frame.split == "test"]["path"].tolist()[:3]
+
+
+def test_every_input_kind_gives_the_same_calibrated_prediction(loaded, test_files):
+    models, _, _ = loaded
+    path = Path(test_files[0])
+    gray = np.asarray(data.to_grayscale(Image.open(path)))
+    as_png = io.BytesIO()
+    Image.fromarray(gray).save(as_png, "PNG")
+    by_path = predict.predict(path, "cnn", models)[0]
+    by_png_bytes = predict.predict([as_png.getvalue()], "cnn", models)[0]
+    by_pil = predict.predict([Image.fromarray(gray)], "cnn", models)[0]
+    by_array = predict.predict([gray], "cnn", models)[0]
+    assert by_path["input"] == path.name
+    for other in (by_png_bytes, by_pil, by_array):
+        np.testing.assert_allclose(list(other["probabilities"].values()),
+                                   list(by_pil["probabilities"].values()), atol=1e-5)  # fmt: skip
+    probs = by_path["probabilities"]
+    assert list(probs) == list(config.CLASS_NAMES) and sum(probs.values()) == pytest.approx(
+        1, abs=1e-4
+    )
+    assert by_path["class"] == max(probs, key=probs.get)
+    assert by_path["image"].shape == (64, 64, 3)
+
+
+def test_prediction_matches_the_training_pipeline_and_temperature(loaded, test_files):
+    models, _, manifest = loaded
+    m = models["cnn"]
+    frame = pd.read_csv(manifest, keep_default_na=False)
+    row = frame[frame.path == test_files[0]]
+    x, _ = next(
+        iter(data.make_dataset(row, "test", 64, 1, augment=False, shuffle=False, cache=False))
+    )
+    np.testing.assert_allclose(
+        predict.predict([test_files[0]], "cnn", models)[0]["image"], x.numpy()[0]
+    )
+    raw = m.model.predict(x, verbose=0)[0]
+    m.metadata["temperature"] = 2.0
+    try:
+        p = predict.predict([test_files[0]], "cnn", models)[0]["probabilities"]
+    finally:
+        m.metadata["temperature"] = 1.0
+    expected = np.exp(np.log(raw) / 2.0) / np.exp(np.log(raw) / 2.0).sum()
+    np.testing.assert_allclose(list(p.values()), expected, atol=1e-5)
+
+
+def test_ensemble_record_carries_every_member(loaded, test_files):
+    models, _, _ = loaded
+    rec = predict.predict(test_files[:2], "ensemble", models)
+    assert len(rec) == 2 and set(rec[0]["per_model"]) == {"cnn", "mobilenet"}
+    mean = np.mean([list(r["probabilities"].values()) for r in rec[0]["per_model"].values()], 0)
+    weights = predict.ensemble_weights(models)
+    if len(set(weights.values())) == 1:
+        np.testing.assert_allclose(list(rec[0]["probabilities"].values()), mean, atol=1e-5)
+    with pytest.raises(ValueError, match="Received: model='resnet'"):
+        predict.predict(test_files[:1], "resnet", models)
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [(b"", "empty"), (b"GIF89a" + b"\0" * 40, "only JPEG and PNG"), (b"hello", "only JPEG and PNG"),
+     (images.png_bomb(), "decompression bomb")],
+)  # fmt: skip
+def test_bad_uploads_are_rejected_with_the_reason(content, fragment):
+    with pytest.raises(predict.ImageError, match=fragment):
+        predict.check_image_bytes(content, "upload.jpg")
+
+
+def _cli(*args, env_dirs):
+    env = {**__import__("os").environ, "BTC_MODELS_DIR": str(env_dirs)}
+    return subprocess.run([sys.executable, "-m", "btc.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+
+
+def test_cli_predict_json_good_and_bad_files(loaded, test_files, tmp_path):
+    _, models_dir, _ = loaded
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    done = _cli("predict", test_files[0], str(bad), "--model", "ensemble", "--saliency",
+                str(tmp_path / "maps"), env_dirs=models_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads(done.stdout)
+    assert [r["ok"] for r in records] == [True, False]
+    assert records[0]["class"] in config.CLASS_NAMES and "probabilities" in records[0]
+    assert "notes.jpg" in records[1]["error"] and "only JPEG and PNG" in records[1]["error"]
+    assert "notes.jpg" in done.stderr
+    assert list((tmp_path / "maps").glob("*_gradcam.png"))
+
+
+def test_cli_exit_codes_and_csv(loaded, test_files, tmp_path):
+    _, models_dir, _ = loaded
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    assert _cli("predict", str(bad), env_dirs=models_dir).returncode == 1
+    assert _cli("predict", test_files[0], env_dirs=tmp_path).returncode == 2  # no models there
+    done = _cli("predict", test_files[0], "--model", "cnn", "--format", "csv", env_dirs=models_dir)
+    header, row = done.stdout.strip().splitlines()
+    assert header.startswith("file,ok,error,model,class") and ",cnn," in row
+    help_text = _cli("--help", env_dirs=models_dir).stdout
+    assert all(cmd in help_text for cmd in ("pipeline", "preprocess", "predict"))
+
+
+# --- widget logic (no browser) -------------------------------------------------------------------
+
+
+def test_widget_upload_predict_and_chat(loaded, test_files, monkeypatch):
+    from btc import llm, widgets
+
+    for var in llm.KEY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    models, _, manifest = loaded
+    app = widgets.PredictApp(models, manifest_path=manifest)
+    assert app.share.value is False and app.model.value == "ensemble"
+    assert len(app.sample.options) > 1
+    content = Path(test_files[0]).read_bytes()
+    app.upload.value = ({"name": "scan.jpg", "type": "image/jpeg", "size": len(content),
+                         "content": memoryview(content), "last_modified": datetime.datetime(2026, 1, 1)},)  # fmt: skip
+    assert "Uploaded scan.jpg" in app.status.value
+    record = app.run_prediction()
+    assert record is not None and llm.CLASS_WORDS[record["class"]] in app.result.value
+    assert app.bars.value.count("btc-bar") == 4 and "%" in app.bars.value
+    assert "not AI-generated" in app.explanation.value
+    assert app.overlay.value[:8] == b"\x89PNG\r\n\x1a\n" and len(app.overlay.value) > 5000
+    answer = app.ask("What does the map show?")
+    assert "GEMINI_API_KEY" in answer and "What does the map show?" in app.chat_log.value
+    app.upload.value = ({"name": "notes.png", "type": "image/png", "size": 5,
+                         "content": memoryview(b"hello"), "last_modified": datetime.datetime(2026, 1, 1)},)  # fmt: skip
+    assert "Rejected" in app.status.value and "notes.png" in app.status.value
+    assert app.run_prediction() is None
+
+
+def test_batch_mode_writes_predictions_overlays_and_explanations(loaded, test_files, tmp_path):
+    from btc import widgets
+
+    models, _, _ = loaded
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0truncated")
+    table = widgets.run_batch([test_files[0], str(bad)], models=models, results_dir=tmp_path)
+    assert table["ok"].tolist() == [True, False]
+    out = tmp_path / "04_predict"
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved[0]["explanation_source"] == "template" and "bad.jpg" in saved[1]["error"]
+    assert len(list(out.glob("*_gradcam.png"))) == 1
+    assert "not a diagnosis" in (out / "explanations.md").read_text()
