@@ -101,6 +101,18 @@ def _write_saliency(records: list[dict], models: dict, args: argparse.Namespace)
         plots.plt.close("all")
 
 
+def _cmd_fetch_data(args: argparse.Namespace) -> int:
+    from btc import fetch
+
+    try:
+        path = fetch.fetch_dataset(args.dest or fetch.DATA_DIR)
+    except fetch.DatasetUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"dataset ready at {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `btc` argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(
@@ -134,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saliency", metavar="DIR", help="also write saliency overlays to DIR")
     p.add_argument("--method", default="gradcam", help="saliency method (gradcam, ...)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("fetch-data", help="download and verify the Kaggle dataset (kagglehub)")
+    p.add_argument("--dest", default=None, help="target folder (data/raw/brain-tumor-mri)")
+    p.set_defaults(func=_cmd_fetch_data)
     return parser
 
 

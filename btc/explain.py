@@ -34,11 +34,13 @@ class Explainer:
         smooth_samples: Noisy samples of SmoothGrad.
         smooth_noise: Noise level of SmoothGrad (fraction of the input range).
         scorecam_max_n: Channels used by Faster-ScoreCAM.
+        clone: Work on a copy (default). `False` modifies `model` in place (its output becomes
+            linear for the gradient methods), which lets a caller change weights between calls.
     """
 
     def __init__(self, model: keras.Model, gradcam_layer: str, smooth_samples: int = 20,
-                 smooth_noise: float = 0.15, scorecam_max_n: int = 16):  # fmt: skip
-        self.model, self.layer = model, gradcam_layer
+                 smooth_noise: float = 0.15, scorecam_max_n: int = 16, clone: bool = True):  # fmt: skip
+        self.model, self.layer, self.clone = model, gradcam_layer, clone
         self.smooth_samples, self.smooth_noise, self.max_n = (
             smooth_samples,
             smooth_noise,
@@ -57,7 +59,7 @@ class Explainer:
                 "gradcam++": GradcamPlusPlus, "scorecam": Scorecam}[method]  # fmt: skip
         if kind not in self._tools:  # ScoreCAM scores the softmax itself, as its authors do
             modifier = None if kind is Scorecam else ReplaceToLinear()
-            self._tools[kind] = kind(self.model, model_modifier=modifier, clone=True)
+            self._tools[kind] = kind(self.model, model_modifier=modifier, clone=self.clone)
         return self._tools[kind]
 
     def __call__(self, images: np.ndarray, targets: Sequence[int], method: str = DEFAULT_METHOD):
@@ -173,25 +175,30 @@ def cascading_randomisation(
         randomisation: correlation below 0.5).
     """
     depths = list(depths or randomisation_depths(model))
-    weighted = [layer for layer in model.layers if layer.weights][::-1]
     reference = {m: Explainer(model, gradcam_layer)(images, targets, m) for m in methods}
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copies = []
+    for _ in range(2):  # linear-output copy for gradient methods, softmax copy for ScoreCAM
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        copies.append(copy)
+    linear = Explainer(copies[0], gradcam_layer, clone=False)
+    softmax = Explainer(copies[1], gradcam_layer, clone=False)
+    layers = [[lay for lay in c.layers if lay.weights][::-1] for c in copies]
     rng = np.random.default_rng(seed)
     rows, done = [], 0
-    by_name = {layer.name: layer for layer in copy.layers}
     for depth in sorted(depths):
-        for layer in weighted[done:depth]:
-            _reinitialise(by_name[layer.name], rng)
+        for a, b in zip(layers[0][done:depth], layers[1][done:depth]):
+            _reinitialise(a, rng)
+            b.set_weights(a.get_weights())
         done = max(done, depth)
-        explainer = Explainer(copy, gradcam_layer)
         for method in methods:
+            explainer = softmax if method == "scorecam" else linear
             maps = reference[method] if depth == 0 else explainer(images, targets, method)
             rho = [
                 stats.spearmanr(a.ravel(), b.ravel()).statistic
                 for a, b in zip(reference[method], maps)
             ]
-            rows.append({"method": method, "depth": depth, "fraction": round(depth / len(weighted), 3),
+            rows.append({"method": method, "depth": depth, "fraction": round(depth / len(layers[0]), 3),
                          "spearman": float(np.nanmean(np.nan_to_num(rho, nan=0.0)))})  # fmt: skip
     table = pd.DataFrame(rows)
     full = table[table.depth == max(depths)].set_index("method")["spearman"]

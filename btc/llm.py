@@ -128,8 +128,8 @@ def template_explanation(facts: Facts) -> str:
     return (
         f"[{TEMPLATE_LABEL}]\n"
         f"The {facts.model} model suggests **{CLASS_WORDS.get(facts.predicted, facts.predicted)}** with a "
-        f"calibrated probability of {facts.confidence:.0%} ({confidence_words(facts.confidence)} "
-        f"confidence). The runner-up is {CLASS_WORDS.get(runner, runner)} at {runner_p:.0%}. "
+        f"calibrated probability of {facts.confidence:.1%} ({confidence_words(facts.confidence)} "
+        f"confidence). The runner-up is {CLASS_WORDS.get(runner, runner)} at {runner_p:.1%}. "
         f"{describe_saliency(facts)} The map shows what the model relied on, not the tumour's "
         "extent. This is research decision support, not a diagnosis; it gives no treatment "
         "advice — please discuss the scan with the care team."

@@ -176,6 +176,13 @@ def run_pipeline(
     if not steps:
         raise ValueError(f"`only` matches no notebook in {NOTEBOOKS_DIR}. Received: only={only!r}")
     check_kernel(kernel)
+    if any(nb.name.startswith("01") for nb, _ in steps) and not params.get("data_dir"):
+        from btc import fetch
+
+        try:
+            fetch.ensure_dataset()
+        except fetch.DatasetUnavailableError as exc:
+            raise PipelineError(str(exc)) from None
     outputs = []
     for nb, nb_params in steps:
         start = time.perf_counter()

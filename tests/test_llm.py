@@ -137,7 +137,7 @@ def test_http_500_falls_back_to_the_template_after_bounded_retries(stub):
     handler.mode = "error"
     result = llm.explain(FACTS, client=_client(url, retries=1))
     assert result.source == "template" and llm.TEMPLATE_LABEL in result.text
-    assert "meningioma" in result.text and "81%" in result.text
+    assert "meningioma" in result.text and "81.0%" in result.text
     assert "500" in result.error and KEY not in result.error
     assert len(handler.requests) == 2  # one try + one retry, then stop
 
@@ -156,7 +156,7 @@ def test_without_a_key_the_template_is_used(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     assert llm.make_client() is None
     result = llm.explain(FACTS)
-    assert result.source == "template" and "runner-up is pituitary tumour at 10%" in result.text
+    assert result.source == "template" and "runner-up is pituitary tumour at 10.0%" in result.text
     answer, history = llm.chat([], "What next?", FACTS)
     assert "GEMINI_API_KEY" in answer and len(history) == 2
     with pytest.raises(ValueError, match="question"):
