@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 
-from btc import config, data
+from btc import config, data, dedup
 
 
 def main(data_dir: str | None = None) -> dict:
@@ -19,7 +19,7 @@ def main(data_dir: str | None = None) -> dict:
     index = data.index_dataset(data_dir)
     t_index = time.perf_counter() - start
     start = time.perf_counter()
-    pairs, groups = data.find_duplicates(index, threshold=4)
+    pairs, groups = dedup.find_duplicates(index, threshold=4)
     t_dups = time.perf_counter() - start
     total = t_index + t_dups
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
@@ -29,7 +29,7 @@ def main(data_dir: str | None = None) -> dict:
     print(
         f"{len(index):>8} {t_index:>8.1f} {t_dups:>8.1f} {total:>8.1f} {120:>8} {total / 120:>6.2f}"
     )
-    print(data.duplicate_summary(pairs).to_string())
+    print(dedup.duplicate_summary(pairs).to_string())
     return {"images": len(index), "seconds": total, "target_ratio": total / 120}
 
 

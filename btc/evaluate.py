@@ -410,20 +410,24 @@ def evaluate(
     val_p, test_p, metas, labels = {}, {}, {}, {}
     for name in names:
         model, meta = train.load_trained(name, models_dir)
-        val_probs, val_y = predict_split(model, meta, manifest, "val", batch_size, tta)
+        val_probs, val_y = predict_split(model, meta, manifest, "val", batch_size, tta=False)
+        meta.update(
+            temperature=round(fit_temperature(val_probs, val_y), 4), temperature_fitted_on="val"
+        )
+        temperature = meta["temperature"]  # what every later single-pass prediction uses
+        if tta:  # TTA averages are less confident: they get a temperature of their own
+            val_probs, _ = predict_split(model, meta, manifest, "val", batch_size, tta=True)
+            temperature = meta["temperature_tta"] = round(fit_temperature(val_probs, val_y), 4)
         test_probs, test_y = predict_split(model, meta, manifest, "test", batch_size, tta)
-        temperature = fit_temperature(val_probs, val_y)
-        meta.update(temperature=round(temperature, 4), temperature_fitted_on="val",
-                    temperature_tta=tta)  # fmt: skip
         config.write_json_atomic(Path(models_dir) / name / "metadata.json", meta)
         val_p[name], test_p[name], metas[name] = (
-            apply_temperature(val_probs, temperature), test_probs, meta)  # fmt: skip
+            apply_temperature(val_probs, temperature), test_probs, {**meta, "eval_temperature": temperature})  # fmt: skip
         labels = {"val": val_y, "test": test_y}
     y = labels["test"]
     results = {}
     for name in names:
-        calibrated = apply_temperature(test_p[name], metas[name]["temperature"])
-        results[name] = {"temperature": metas[name]["temperature"],
+        calibrated = apply_temperature(test_p[name], metas[name]["eval_temperature"])
+        results[name] = {"temperature": metas[name]["eval_temperature"],
                          "uncalibrated": classification_metrics(y, test_p[name]),
                          "metrics": classification_metrics(y, calibrated),
                          "ci": bootstrap_ci(y, calibrated, n_bootstrap, seed), "probs": calibrated}  # fmt: skip

@@ -162,37 +162,31 @@ def _to_minus_one_one(inputs):
     return keras.layers.Rescaling(2.0, offset=-1.0, name="normalise_to_pm1")(inputs)
 
 
-@register_model(
+def _transfer(application: Callable, width_multiplier: bool) -> Callable:
+    """Builder of a Keras application backbone, inline on the normalised input, plus the head."""
+
+    def build(inputs, num_classes, weights, alpha=1.0, dropout=0.3, **_):
+        extra = {"alpha": alpha} if width_multiplier else {}
+        backbone = application(
+            include_top=False, weights=None, input_tensor=_to_minus_one_one(inputs), **extra
+        )
+        return classification_head(backbone.output, num_classes, dropout=dropout), backbone
+
+    return build
+
+
+register_model(
     "xception", default_size=299, min_size=71, normalisation="[0,1] -> [-1,1]",
     gradcam_layer="block14_sepconv2_act", transfer=True,
-)  # fmt: skip
-def _xception(inputs, num_classes, weights, dropout=0.3, **_):
-    backbone = keras.applications.Xception(
-        include_top=False, weights=None, input_tensor=_to_minus_one_one(inputs)
-    )
-    return classification_head(backbone.output, num_classes, dropout=dropout), backbone
-
-
-@register_model(
+)(_transfer(keras.applications.Xception, width_multiplier=False))  # fmt: skip
+register_model(
     "mobilenet", default_size=224, min_size=32, normalisation="[0,1] -> [-1,1]",
     gradcam_layer="conv_pw_13_relu", transfer=True,
-)  # fmt: skip
-def _mobilenet(inputs, num_classes, weights, alpha=1.0, dropout=0.3, **_):
-    backbone = keras.applications.MobileNet(
-        include_top=False, weights=None, alpha=alpha, input_tensor=_to_minus_one_one(inputs)
-    )
-    return classification_head(backbone.output, num_classes, dropout=dropout), backbone
-
-
-@register_model(
+)(_transfer(keras.applications.MobileNet, width_multiplier=True))  # fmt: skip
+register_model(
     "mobilenet_v2", default_size=224, min_size=32, normalisation="[0,1] -> [-1,1]",
     gradcam_layer="out_relu", transfer=True,
-)  # fmt: skip
-def _mobilenet_v2(inputs, num_classes, weights, alpha=1.0, dropout=0.3, **_):
-    backbone = keras.applications.MobileNetV2(
-        include_top=False, weights=None, alpha=alpha, input_tensor=_to_minus_one_one(inputs)
-    )
-    return classification_head(backbone.output, num_classes, dropout=dropout), backbone
+)(_transfer(keras.applications.MobileNetV2, width_multiplier=True))  # fmt: skip
 
 
 @register_model(

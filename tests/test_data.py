@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from btc import config, data
+from btc import config, data, dedup
 from tests import images
 
 # --- index and bad input -------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_resized_reencoded_and_mirrored_copies_are_grouped(shared_data, tmp_path
     other = sorted((shared_data / "Training" / "pituitary").glob("*.jpg"))[5]
     Image.open(other).convert("L").save(tmp_path / "copies" / "glioma" / "unrelated.jpg")
     index = data.index_dataset(tmp_path / "copies", workers=1)
-    pairs, groups = data.find_duplicates(index, threshold=4)
+    pairs, groups = dedup.find_duplicates(index, threshold=4)
     names = index["path"].map(lambda p: Path(p).name)
     g = dict(zip(names, groups.reindex(index.index)))
     assert g["original.jpg"] == g["resized_reencoded.png"] == g["mirrored.jpg"]
@@ -144,13 +144,13 @@ def test_resized_reencoded_and_mirrored_copies_are_grouped(shared_data, tmp_path
 
 def test_real_dataset_duplicates_and_threshold(full_index):
     assert len(full_index) == 7023 and full_index["readable"].all()
-    pairs, groups = data.find_duplicates(full_index, threshold=4)
-    summary = data.duplicate_summary(pairs)
+    pairs, groups = dedup.find_duplicates(full_index, threshold=4)
+    summary = dedup.duplicate_summary(pairs)
     for kind in ("exact", "near", "mirrored"):
         assert summary.loc[kind, "across"] > 0, kind  # Training↔Testing leakage exists
         assert summary.loc[kind, "within Training"] > 0, kind
     assert summary.loc["exact", "same label"] > 0.99
-    check = data.threshold_check(full_index, thresholds=[0, 2, 4, 8])
+    check = dedup.threshold_check(full_index, thresholds=[0, 2, 4, 8])
     at = check.set_index("threshold")
     assert at.loc[4, "same_label_share"] > 0.98  # the default keeps pairs label-consistent
     assert at.loc[8, "new_pairs_same_label_share"] < 0.9  # a loose threshold would not
@@ -169,7 +169,7 @@ def test_shortcut_table_shows_colour_mode_predicts_class(full_index):
 
 @pytest.fixture(scope="module")
 def real_groups(full_index):
-    return data.find_duplicates(full_index, threshold=4)[1]
+    return dedup.find_duplicates(full_index, threshold=4)[1]
 
 
 def test_grouped_split_has_no_leakage_and_is_stratified(full_index, real_groups):

@@ -125,7 +125,8 @@ def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models, tmp
     assert saved["models"]["ensemble"]["ci"]["n_resamples"] == 1000
     for name in ("cnn", "mobilenet"):
         meta = json.loads((models_dir / name / "metadata.json").read_text())
-        assert meta["temperature"] == report["models"][name]["temperature"] > 0
+        assert meta["temperature"] > 0 and meta["temperature_fitted_on"] == "val"
+        assert meta["temperature_tta"] == report["models"][name]["temperature"] > 0  # TTA run
         card = (models_dir / name / "MODEL_CARD.md").read_text()
         assert "Not a diagnostic device" in card and "95 % bootstrap CI" in card
         for fig in ("confusion", "reliability", "errors"):
