@@ -129,9 +129,7 @@ def predict_split(
     transforms = TTA_TRANSFORMS if tta else ("identity",)
     probs, labels = [], []
     for x, y in ds:
-        probs.append(
-            np.mean([model(tta_batch(x, t), training=False).numpy() for t in transforms], 0)
-        )
+        probs.append(np.mean([model.predict_on_batch(tta_batch(x, t)) for t in transforms], 0))
         labels.append(y.numpy())
     return np.concatenate(probs), np.concatenate(labels)
 

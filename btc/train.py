@@ -132,7 +132,12 @@ def set_trainable(model: keras.Model, phase: str, finetune_fraction: float = 0.3
     Phase `"head"` freezes the whole backbone. Phase `"finetune"` unfreezes the top
     `finetune_fraction` of backbone layers, keeping every BatchNormalization layer frozen (in
     Keras 3 a frozen BN layer runs in inference mode, so its statistics are not disturbed).
+    Phase `"scratch"` (random initialisation) makes every layer trainable, BN included.
     """
+    if phase == "scratch":
+        for layer in model.layers:
+            layer.trainable = True
+        return sum(1 for layer in model.layers if layer.weights)
     backbone = set(getattr(model, "backbone_layers", []))
     ordered = [layer for layer in model.layers if layer.name in backbone]
     first_unfrozen = len(ordered) - int(round(finetune_fraction * len(ordered)))
@@ -241,14 +246,19 @@ def train(
             config.model, len(CLASS_NAMES), config.image_size, config.weights_arg,
             alpha=config.alpha, dropout=config.dropout,
         )  # fmt: skip
-    phases = [("head", config.epochs_head, config.lr_head)]
-    if spec.transfer and config.epochs_finetune:
-        phases.append(("finetune", config.epochs_finetune, config.lr_finetune))
+    pretrained = spec.transfer and config.weights_arg is not None
+    if pretrained:
+        phases = [("head", config.epochs_head, config.lr_head)]
+        if config.epochs_finetune:
+            phases.append(("finetune", config.epochs_finetune, config.lr_finetune))
+    else:  # random weights: freezing them would be pointless, so one phase, every layer trains
+        epochs = config.epochs_head + (config.epochs_finetune if spec.transfer else 0)
+        phases = [("scratch", epochs, config.lr_head)]  # a random backbone gets the same budget
     history_csv = work / "history.csv"
     start, epoch0, phase_starts = time.perf_counter(), 0, []
     for phase, epochs, lr in phases:
         marker = work / f"{phase}.done.weights.h5"
-        set_trainable(model, phase if spec.transfer else "finetune", config.finetune_fraction)
+        set_trainable(model, phase, config.finetune_fraction)
         if marker.is_file():  # finished before a crash: reuse it, do not retrain
             model.load_weights(marker)
             epoch0 += epochs
@@ -258,7 +268,7 @@ def train(
         if phase == "finetune":
             warm = config.warmup_epochs * steps_per_epoch
             lr = _warmup_cosine(lr, epochs * steps_per_epoch, warm)
-        elif not spec.transfer:  # from scratch: one phase, decayed to settle BN and weights
+        elif phase == "scratch":  # one phase, decayed to settle BN and weights
             lr = _warmup_cosine(lr, epochs * steps_per_epoch, 0)
         with strategy.scope():
             _compile(model, lr)
