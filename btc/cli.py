@@ -60,7 +60,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    records = predict.predict_files(args.images, args.model, models)
+    records = predict.predict_files(args.images, args.model, models, keep_image=bool(args.saliency))
     if args.saliency:
         _write_saliency(records, models, args)
     for rec in records:
@@ -91,10 +91,10 @@ def _write_saliency(records: list[dict], models: dict, args: argparse.Namespace)
     for rec in records:
         if not rec["ok"]:
             continue
-        full = predict.predict([rec["file"]], args.model, models)[0]
-        saliency = predict.saliency_for(full, models, args.method)
+        image = rec.pop("image")
+        saliency = predict.saliency_for({**rec, "image": image}, models, args.method)
         path = out / f"{Path(rec['file']).stem}_{args.method}.png"
-        plots.saliency_overlay(full["image"], {args.method: saliency},
+        plots.saliency_overlay(image, {args.method: saliency},
                                f"{rec['class']} ({rec['confidence']:.0%} calibrated) — {args.model}",
                                path=path)  # fmt: skip
         rec["saliency_png"] = str(path)

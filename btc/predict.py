@@ -182,14 +182,18 @@ def predict(
 
 
 def predict_files(paths: Sequence[str | Path], model: str = ENSEMBLE, models: dict | None = None,
-                  models_dir: str | Path = MODELS_DIR) -> list[dict]:  # fmt: skip
-    """Predict files one record each; a bad file gives `{"ok": false, "error": ...}`."""
+                  models_dir: str | Path = MODELS_DIR, keep_image: bool = False) -> list[dict]:  # fmt: skip
+    """Predict files one record each; a bad file gives `{"ok": false, "error": ...}`.
+
+    `keep_image=True` keeps each record's preprocessed `image` (for saliency maps).
+    """
     models = models or load_models(models_dir=models_dir)
     records = []
     for path in paths:
         try:
             rec = predict([path], model, models, models_dir)[0]
-            rec.pop("image")
+            if not keep_image:
+                rec.pop("image")
             records.append({"file": str(path), "ok": True, "error": None, **rec})
         except ImageError as exc:
             records.append({"file": str(path), "ok": False, "error": str(exc)})

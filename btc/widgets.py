@@ -196,21 +196,21 @@ def run_batch(
     models = models or predict.load_models()
     client = client if client is not None else llm.make_client()
     out = Path(results_dir) / "04_predict"
-    records, texts = predict.predict_files(image_paths, model, models), []
+    records, texts = predict.predict_files(image_paths, model, models, keep_image=True), []
     for rec in records:
         if not rec["ok"]:
             continue
-        full = predict.predict([rec["file"]], model, models)[0]
-        saliency = predict.saliency_for(full, models, method)
+        image = rec.pop("image")
+        saliency = predict.saliency_for({**rec, "image": image}, models, method)
         stem = Path(rec["file"]).stem
-        plots.saliency_overlay(full["image"], {method: saliency},
+        plots.saliency_overlay(image, {method: saliency},
                                f"{rec['class']} ({rec['confidence']:.0%} calibrated) — {model}",
                                path=out / f"{stem}_{method}.png")  # fmt: skip
         plots.plt.close("all")
         facts = llm.Facts(
             rec["class"], rec["probabilities"], model, method, explain.describe_map(saliency)
         )
-        images = [full["image"], saliency] if share_images else []
+        images = [image, saliency] if share_images else []
         result = llm.explain(facts, images, share_images, gemini_model, client)
         rec.update(
             explanation=result.text, explanation_source=result.source, saliency=facts.saliency
