@@ -9,6 +9,7 @@ members with the weights `03_evaluate` fitted (`models/ensemble.json`), else equ
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 from collections.abc import Sequence
@@ -36,6 +37,13 @@ class LoadedModel:
     name: str
     model: object
     metadata: dict
+
+    @functools.cached_property
+    def explainer(self):
+        """The model's saliency `Explainer`, built once (its tf-keras-vis tools are reused)."""
+        from btc import explain
+
+        return explain.Explainer(self.model, self.metadata["gradcam_layer"])
 
 
 def load_models(names: Sequence[str] | None = None, models_dir: str | Path = MODELS_DIR) -> dict:
@@ -202,24 +210,18 @@ def predict_files(paths: Sequence[str | Path], model: str = ENSEMBLE, models: di
 
 def saliency_for(record: dict, models: dict, method: str = "gradcam") -> np.ndarray:
     """The saliency map of a prediction record (mean over ensemble members) at its image size."""
-    from btc import explain
+    import tensorflow as tf
 
-    target = CLASS_NAMES.index(record["class"])
+    size = record["image"].shape[:2]
     maps = []
     for name in record["per_model"]:
-        meta = models[name].metadata
+        loaded = models[name]
         image = record["image"]
-        if image.shape[0] != meta["image_size"]:
-            import tensorflow as tf
-
-            image = tf.image.resize(image, [meta["image_size"]] * 2).numpy()
-        explainer = models[name].__dict__.setdefault(
-            "_explainer", explain.Explainer(models[name].model, meta["gradcam_layer"])
-        )
-        m = explainer(image[None], [meta["class_names"].index(CLASS_NAMES[target])], method)[0]
-        if m.shape != record["image"].shape[:2]:
-            import tensorflow as tf
-
-            m = tf.image.resize(m[..., None], record["image"].shape[:2]).numpy()[..., 0]
+        if image.shape[0] != loaded.metadata["image_size"]:
+            image = tf.image.resize(image, [loaded.metadata["image_size"]] * 2).numpy()
+        target = loaded.metadata["class_names"].index(record["class"])
+        m = loaded.explainer(image[None], [target], method)[0]
+        if m.shape != size:
+            m = tf.image.resize(m[..., None], size).numpy()[..., 0]
         maps.append(m)
     return np.clip(np.mean(maps, axis=0), 0, 1)
