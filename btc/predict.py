@@ -18,40 +18,78 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc import data
+from btc import data, dicom
 from btc.config import CLASS_NAMES, MODELS_DIR
 from btc.evaluate import apply_temperature, ensemble, trained_model_names
 
 ENSEMBLE = "ensemble"
 UPLOAD_FORMATS = ("jpeg", "png")
+RUNTIMES = ("keras", "litert")
+SALIENCY_NEEDS_KERAS = "saliency maps need the .keras model: predict with runtime='keras'"
 
 
 class ImageError(ValueError):
-    """An input that is not a usable JPEG/PNG scan (the message says which and why)."""
+    """An input that is not a usable JPEG/PNG scan or MR DICOM (the message says which and why)."""
 
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A trained model with its metadata (class order, input size, temperature)."""
+    """A trained model with its metadata (class order, input size, temperature).
+
+    `runtime="litert"` models are exported `.tflite` files (`btc.export.LiteRTModel`) whose
+    metadata is the export's sidecar; they predict like Keras models but have no saliency.
+    """
 
     name: str
     model: object
     metadata: dict
+    runtime: str = "keras"
 
     @functools.cached_property
     def explainer(self):
-        """The model's saliency `Explainer`, built once (its tf-keras-vis tools are reused)."""
+        """The model's saliency `Explainer`, built once (its tf-keras-vis tools are reused).
+
+        Raises:
+            ValueError: For a LiteRT model (saliency needs the `.keras` model).
+        """
+        if self.runtime != "keras":
+            raise ValueError(f"{self.name} runs on {self.runtime}: {SALIENCY_NEEDS_KERAS}")
         from btc import explain
 
         return explain.Explainer(self.model, self.metadata["gradcam_layer"])
 
 
-def load_models(names: Sequence[str] | None = None, models_dir: str | Path = MODELS_DIR) -> dict:
+def load_models(
+    names: Sequence[str] | None = None, models_dir: str | Path = MODELS_DIR,
+    runtime: str = "keras", quantize: str = "none",
+) -> dict:  # fmt: skip
     """Load trained models (default: all in `models_dir`) with their metadata.
 
+    Args:
+        names: Model names (default: every trained, or for LiteRT every exported, model).
+        models_dir: Models folder.
+        runtime: `"keras"` (`model.keras`) or `"litert"` (the exported `.tflite` file).
+        quantize: With LiteRT, which exported variant: `"none"`, `"float16"` or `"int8"`.
+
     Raises:
-        FileNotFoundError: If no trained model exists (run 02_train first).
+        FileNotFoundError: If no trained (or exported) model exists.
+        ValueError: On a bad `runtime` or `quantize`, or a stale LiteRT export.
+        ImportError: With LiteRT when `ai-edge-litert` is not installed.
     """
+    from btc import config
+
+    config.check_choice("runtime", runtime, RUNTIMES)
+    if runtime == "litert":
+        from btc import export
+
+        config.check_choice("quantize", quantize, export.QUANTIZE)
+        export.interpreter_class()  # the install message before anything else
+        names = list(names or export.exported_model_names(quantize, models_dir))
+        if not names:
+            raise FileNotFoundError(f"No model exported with quantize={quantize!r} in "
+                                    f"{str(models_dir)!r}: run `btc export` first")  # fmt: skip
+        return {n: LoadedModel(n, *export.load_litert(n, quantize, models_dir), runtime="litert")
+                for n in names}  # fmt: skip
     from btc import train
 
     names = list(names or trained_model_names(models_dir))
@@ -109,11 +147,40 @@ def check_image_bytes(raw: bytes, name: str = "image") -> bytes:
     if not raw:
         raise ImageError(f"{name}: empty file")
     if fmt not in UPLOAD_FORMATS:
-        raise ImageError(f"{name}: only JPEG and PNG scans are accepted (content is {fmt})")
+        raise ImageError(
+            f"{name}: only JPEG and PNG scans and MR DICOM files are accepted (content is {fmt})"
+        )
     tmp = data.inspect_bytes(raw)
     if not tmp["readable"]:
         raise ImageError(f"{name}: {tmp['error']}")
     return raw
+
+
+def expand_input(source, name: str = "image") -> list[tuple[bytes, str, dict | None]]:
+    """One input → `(encoded bytes, display name, DICOM info or None)` per image it holds.
+
+    DICOM (by content) goes through `btc.dicom.read_dicom`: one entry per frame, as lossless
+    8-bit PNG. A folder gives its DICOM series in slice order. Anything else goes to `to_bytes`.
+
+    Raises:
+        ImageError: If an input is not a usable image or MR DICOM (the message says why).
+    """
+    if isinstance(source, str | Path) and Path(source).is_dir():
+        files = [f for _, group in dicom.find_series(source) for f in group]
+        if not files:
+            raise ImageError(f"{source}: the folder holds no file")
+        return [item for f in files for item in expand_input(f)]
+    is_path = isinstance(source, str | Path)
+    in_memory = isinstance(source, bytes | bytearray | memoryview) and dicom.is_dicom(source)
+    if in_memory or (is_path and dicom.is_dicom_file(source)):
+        try:
+            frames = dicom.read_dicom(
+                source if is_path else bytes(source), None if is_path else name
+            )
+        except dicom.DicomError as exc:
+            raise ImageError(str(exc)) from exc
+        return [(*to_bytes(f.pixels, f.name), f.info) for f in frames]
+    return [(*to_bytes(source, name), None)]
 
 
 def preprocess(raw: bytes, image_size: int) -> np.ndarray:
@@ -137,41 +204,61 @@ def _record(probs: np.ndarray, class_names: Sequence[str]) -> dict:
 
 def predict(
     images: Sequence, model: str = ENSEMBLE, models: dict | None = None,
-    models_dir: str | Path = MODELS_DIR,
+    models_dir: str | Path = MODELS_DIR, names: Sequence[str] | None = None,
+    runtime: str | None = None, quantize: str = "none",
 ) -> list[dict]:  # fmt: skip
     """Predict scans with one model or the ensemble; calibrated probabilities per record.
 
     Args:
-        images: Paths, bytes, PIL images or arrays (a single one is also accepted).
+        images: Paths, bytes, PIL images or arrays (a single one is also accepted); DICOM
+            files (one record per frame) and folders of DICOM slices (slice order) too.
         model: A trained model's name or `"ensemble"`.
         models: Output of `load_models` (loaded here when omitted).
         models_dir: Where models are loaded from.
+        names: Display names of `images` (default: file names, else `"image <i>"`).
+        runtime: `"keras"` or `"litert"` (exported `.tflite` files, same preprocessing and
+            temperature); default: that of `models`, else `"keras"`.
+        quantize: With LiteRT and no `models`, which exported variant to load (`"none"`,
+            `"float16"`, `"int8"`).
 
     Returns:
         One dict per input: `class`, `confidence`, `runner_up`, `probabilities` (canonical
         class order), `model`, `per_model` (each member's record), `image` (the preprocessed
-        array of the first model's size), and `input` (file name or index).
+        array of the first model's size), `input` (file name or index; `file.dcm#frame3`
+        for a frame) and, for DICOM, `dicom` (technical facts only, no patient data); `runtime`,
+        and for LiteRT `quantize` and `saliency_note` (maps need the `.keras` model).
 
     Raises:
-        ValueError: On an unknown model name.
+        ValueError: On an unknown model name, or a `runtime` that `models` do not have.
         ImageError: On a bad image (use `predict_files` to continue past bad files).
     """
     if isinstance(images, str | Path | bytes | Image.Image | np.ndarray) and not (
         isinstance(images, np.ndarray) and images.ndim == 4
     ):
         images = [images]
-    models = models or load_models(models_dir=models_dir)
+    models = models or load_models(models_dir=models_dir, runtime=runtime or "keras",
+                                    quantize=quantize)  # fmt: skip
     members = list(models) if model == ENSEMBLE else [model]
     if model != ENSEMBLE and model not in models:
         raise ValueError(f"`model` must be one of {[*models, ENSEMBLE]}. Received: model={model!r}")
-    encoded = [to_bytes(img, f"image {i}") for i, img in enumerate(images)]
+    runtimes = {models[n].runtime for n in members}
+    if len(runtimes) > 1 or (runtime is not None and runtimes != {runtime}):
+        raise ValueError(f"`runtime` must match the loaded models' {sorted(runtimes)}. "
+                         f"Received: runtime={runtime!r}")  # fmt: skip
+    runtime = runtimes.pop()
+    extra = {"runtime": runtime}
+    if runtime == "litert":
+        variants = sorted({models[n].metadata["quantize"] for n in members})
+        extra.update(quantize="+".join(variants), saliency_note=SALIENCY_NEEDS_KERAS)
+    encoded = [item for i, img in enumerate(images)
+               for item in expand_input(img, names[i] if names else f"image {i}")]  # fmt: skip
     per_model: dict[str, np.ndarray] = {}
     arrays: dict[int, np.ndarray] = {}
     for name in members:
         meta = models[name].metadata
         size = meta["image_size"]
         if size not in arrays:
-            arrays[size] = np.stack([preprocess(raw, size) for raw, _ in encoded])
+            arrays[size] = np.stack([preprocess(raw, size) for raw, *_ in encoded])
         batches = [arrays[size][i : i + 64] for i in range(0, len(arrays[size]), 64)]
         # predict_on_batch runs the compiled graph: ~10 ms for one image vs ~130 ms eager
         raw_probs = np.concatenate([models[name].model.predict_on_batch(b) for b in batches])
@@ -184,28 +271,57 @@ def predict(
     return [
         {**_record(combined[i], CLASS_NAMES), "model": model, "input": name,
          "per_model": {n: _record(per_model[n][i], CLASS_NAMES) for n in members},
-         "image": first[i]}
-        for i, (_, name) in enumerate(encoded)
+         "image": first[i], **extra, **({"dicom": info} if info else {})}
+        for i, (_, name, info) in enumerate(encoded)
     ]  # fmt: skip
 
 
 def predict_files(paths: Sequence[str | Path], model: str = ENSEMBLE, models: dict | None = None,
-                  models_dir: str | Path = MODELS_DIR, keep_image: bool = False) -> list[dict]:  # fmt: skip
+                  models_dir: str | Path = MODELS_DIR, keep_image: bool = False,
+                  runtime: str = "keras", quantize: str = "none") -> list[dict]:  # fmt: skip
     """Predict files one record each; a bad file gives `{"ok": false, "error": ...}`.
 
-    `keep_image=True` keeps each record's preprocessed `image` (for saliency maps).
+    A multi-frame DICOM gives a record per frame, a folder a record per file with its DICOM
+    slices in series order; each series (or multi-frame file) is followed by a `kind="series"`
+    record (`btc.dicom.series_summary`). `keep_image=True` keeps each record's preprocessed
+    `image` (for saliency maps). `runtime` and `quantize` choose the models loaded when
+    `models` is omitted (see `load_models`).
     """
-    models = models or load_models(models_dir=models_dir)
+    models = models or load_models(models_dir=models_dir, runtime=runtime, quantize=quantize)
+
+    def predict_one(path) -> list[dict]:
+        try:
+            recs = predict([path], model, models, models_dir)
+        except ImageError as exc:
+            return [{"file": str(path), "ok": False, "error": str(exc)}]
+        for rec in recs if not keep_image else ():
+            rec.pop("image")
+        return [{"file": str(path), "ok": True, "error": None, **rec} for rec in recs]
+
     records = []
     for path in paths:
-        try:
-            rec = predict([path], model, models, models_dir)[0]
-            if not keep_image:
-                rec.pop("image")
-            records.append({"file": str(path), "ok": True, "error": None, **rec})
-        except ImageError as exc:
-            records.append({"file": str(path), "ok": False, "error": str(exc)})
+        groups = dicom.find_series(path) if Path(path).is_dir() else [(None, [path])]
+        if not groups:
+            records.append({"file": str(path), "ok": False, "error": f"{path}: empty folder"})
+        for label, files in groups:
+            slices = [rec for f in files for rec in predict_one(f)]
+            records += slices
+            if label is not None or len(slices) > 1:
+                label = label or Path(path).name
+                for rec in slices:
+                    rec["series"] = label
+                summary = dicom.series_summary(slices, label)
+                records.append({"file": str(path), "ok": summary["ok"], "error": summary["error"],
+                                **summary, "model": model})  # fmt: skip
     return records
+
+
+def record_stem(record: dict) -> str:
+    """A file-name stem for a record's outputs: `scan`, `cine_frame3`, `series4_IM0001`."""
+    base, _, frame = str(record.get("input") or record["file"]).partition("#")
+    stem = Path(base).stem + (f"_{frame}" if frame else "")
+    series = str(record.get("series") or "").replace(" ", "")
+    return f"{series}_{stem}" if series and not frame else stem
 
 
 def saliency_for(record: dict, models: dict, method: str = "gradcam") -> np.ndarray:

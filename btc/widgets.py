@@ -14,9 +14,11 @@ import ipywidgets as w
 import numpy as np
 import pandas as pd
 
-from btc import explain, llm, plots, predict
+from btc import dicom, explain, llm, plots, predict
 from btc.config import CLASS_NAMES, MANIFEST_PATH, RESULTS_DIR, write_json_atomic
 
+BOLD = " style='font-weight:bold'"
+UPLOAD_ACCEPT = ".jpg,.jpeg,.png,.dcm,image/jpeg,image/png,application/dicom"
 DISCLAIMER = "Research decision support — not a diagnosis. Discuss every scan with the care team."
 
 
@@ -66,8 +68,7 @@ class PredictApp:
         self.models = models or predict.load_models()
         self.colormap, self.gemini_model = colormap, gemini_model
         self.client = client if client is not None else llm.make_client()
-        self.upload = w.FileUpload(accept=".jpg,.jpeg,.png,image/jpeg,image/png", multiple=False,
-                                   description="Upload")  # fmt: skip
+        self.upload = w.FileUpload(accept=UPLOAD_ACCEPT, multiple=True, description="Upload")
         self.sample = w.Dropdown(options=[("— pick a test image —", None), *test_samples(manifest_path)],
                                  description="Sample")  # fmt: skip
         self.model = w.Dropdown(options=[*self.models, predict.ENSEMBLE], value=predict.ENSEMBLE
@@ -79,6 +80,10 @@ class PredictApp:
         self.predict_button = w.Button(description="Predict", button_style="primary", icon="play")
         self.status = w.HTML()
         self.result = w.HTML()
+        self.series = w.HTML()
+        self.slice = w.Dropdown(options=[], description="Slice", layout=w.Layout(display="none"))
+        self.records: list[dict] = []
+        self._updating = False
         self.bars = w.HTML()
         self.overlay = w.Image(format="png", layout=w.Layout(max_width="640px"))
         self.explanation = w.HTML()
@@ -88,15 +93,17 @@ class PredictApp:
         self.history: list[dict] = []
         self.record: dict | None = None
         self.facts: llm.Facts | None = None
-        self._source: tuple[str, object] | None = None
+        self._source: tuple[str, list[tuple[str, object]]] | None = None  # (kind, [(name, src)])
         self.upload.observe(self._on_upload, names="value")
         self.sample.observe(self._on_sample, names="value")
+        self.slice.observe(self._on_slice, names="value")
         self.predict_button.on_click(lambda _: self.run_prediction())
         self.ask_button.on_click(lambda _: self.ask())
         self.widget = w.VBox([
             w.HTML(f"<b>btc — brain MRI classifier</b><br><i>{DISCLAIMER}</i>"),
             w.HBox([self.upload, self.sample]), w.HBox([self.model, self.method]),
-            w.HBox([self.predict_button, self.share]), self.status, self.result, self.bars,
+            w.HBox([self.predict_button, self.share]), self.status, self.series, self.slice,
+            self.result, self.bars,
             self.overlay, self.explanation, w.HBox([self.question, self.ask_button]), self.chat_log,
         ])  # fmt: skip
 
@@ -104,33 +111,85 @@ class PredictApp:
         files = change["new"]
         if not files:
             return
-        item = files[0]
-        name, content = item["name"], bytes(item["content"])
-        try:
-            predict.check_image_bytes(content, name)
-        except predict.ImageError as exc:
-            self._source = None
-            self.status.value = f"<span style='color:#c00'>Rejected: {html.escape(str(exc))}</span>"
-            return
-        self._source = ("upload", content)
-        self.status.value = f"Uploaded {html.escape(name)} — press Predict."
+        accepted, rejected = [], []
+        for item in files:
+            name, content = item["name"], bytes(item["content"])
+            try:
+                if dicom.is_dicom(content):
+                    dicom.read_dicom(content, name)
+                else:
+                    predict.check_image_bytes(content, name)
+                accepted.append((name, content))
+            except (predict.ImageError, dicom.DicomError) as exc:
+                rejected.append(
+                    f"<span style='color:#c00'>Rejected: {html.escape(str(exc))}</span>"
+                )
+        self._source = ("upload", accepted) if accepted else None
+        names = html.escape(", ".join(name for name, _ in accepted))
+        done = [f"Uploaded {names} — press Predict."] if accepted else []
+        self.status.value = "<br>".join(done + rejected)
 
     def _on_sample(self, change) -> None:
         if change["new"]:
-            self._source = ("sample", change["new"])
+            self._source = ("sample", [(Path(change["new"]).name, change["new"])])
             self.status.value = f"Selected {html.escape(Path(change['new']).name)} — press Predict."
 
     def run_prediction(self) -> dict | None:
         """Predict the current upload or sample; fill the result, bars, overlay and explanation."""
         if self._source is None:
-            self.status.value = "Upload a JPEG/PNG scan or pick a test image first."
+            self.status.value = "Upload a JPEG/PNG scan or MR DICOM, or pick a test image first."
             return None
         self.status.value = "Predicting…"
+        names, sources = zip(*self._source[1])
         try:
-            record = predict.predict([self._source[1]], self.model.value, self.models)[0]
+            records = predict.predict(list(sources), self.model.value, self.models, names=names)
         except predict.ImageError as exc:
             self.status.value = f"<span style='color:#c00'>{html.escape(str(exc))}</span>"
             return None
+        self.records = dicom.sort_records(records) if len(records) > 1 else records
+        key = self._show_series()
+        return self.show_record(self.records[key])
+
+    def _show_series(self) -> int:
+        """Fill the slice table and picker for several slices; return the key slice's index."""
+        self.series.value, self.slice.layout.display = "", "none"
+        if len(self.records) < 2:
+            return 0
+        summary = dicom.series_summary(self.records)
+        key = next(i for i, r in enumerate(self.records) if r["input"] == summary["key_slice"])
+        answer = llm.CLASS_WORDS[summary["class"]]
+        rows = "".join(
+            f"<tr{BOLD if i == key else ''}><td>{i + 1}</td>"
+            f"<td>{html.escape(r['input'])}</td><td>{llm.CLASS_WORDS[r['class']]}</td>"
+            f"<td>{r['confidence']:.1%}</td><td>{1 - r['probabilities']['notumor']:.1%}</td></tr>"
+            for i, r in enumerate(self.records)
+        )
+        numbers = {(r.get("dicom") or {}).get("series_number") for r in self.records}
+        mixed = (
+            f" <b>Warning:</b> these files come from {len(numbers)} series."
+            if len(numbers) > 1
+            else ""
+        )
+        self.series.value = (
+            f"<div class='btc-series'><b>Series answer: {answer}</b> — slice {key + 1} has the "
+            f"highest tumour probability ({summary['tumour_probability']:.1%}); "
+            f"{summary['agreeing_slices']} of {summary['slices']} slices agree. The answer is "
+            f"the most suspicious slice, not a validated series-level model.{mixed}</div>"
+            "<table class='btc-slices'><tr><th>#</th><th>slice</th><th>class</th>"
+            f"<th>confidence</th><th>tumour probability</th></tr>{rows}</table>"
+        )
+        self._updating = True
+        self.slice.options = [(f"{i + 1}. {r['input']} — {r['class']}", i)
+                              for i, r in enumerate(self.records)]  # fmt: skip
+        self.slice.value, self.slice.layout.display, self._updating = key, None, False
+        return key
+
+    def _on_slice(self, change) -> None:
+        if change["new"] is not None and not self._updating:
+            self.show_record(self.records[change["new"]])
+
+    def show_record(self, record: dict) -> dict:
+        """Show one prediction: result, bars, saliency overlay and explanation."""
         saliency = predict.saliency_for(record, self.models, self.method.value)
         self.record = record
         self.facts = llm.Facts(record["class"], record["probabilities"], self.model.value,
@@ -146,8 +205,10 @@ class PredictApp:
         fig = plots.saliency_overlay(record["image"], {self.method.value: saliency},
                                      f"{self.model.value}: {record['class']}", cmap=self.colormap)  # fmt: skip
         self.overlay.value = plots.to_png(fig)
-        images = [record["image"], saliency] if self.share.value else []
-        result = llm.explain(self.facts, images, self.share.value, self.gemini_model, self.client)
+        # burned-in annotation may carry patient text in the pixels: never send those images
+        share = self.share.value and not (record.get("dicom") or {}).get("burned_in_annotation")
+        images = [record["image"], saliency] if share else []
+        result = llm.explain(self.facts, images, share, self.gemini_model, self.client)
         note = (
             f"<br><small>{html.escape(result.error)}</small>"
             if result.error and self.client
@@ -198,11 +259,11 @@ def run_batch(
     out = Path(results_dir) / "04_predict"
     records, texts = predict.predict_files(image_paths, model, models, keep_image=True), []
     for rec in records:
-        if not rec["ok"]:
+        if not rec["ok"] or "image" not in rec:  # failed, or a series summary
             continue
         image = rec.pop("image")
         saliency = predict.saliency_for({**rec, "image": image}, models, method)
-        stem = Path(rec["file"]).stem
+        stem = predict.record_stem(rec)
         plots.saliency_overlay(image, {method: saliency},
                                f"{rec['class']} ({rec['confidence']:.0%} calibrated) — {model}",
                                path=out / f"{stem}_{method}.png")  # fmt: skip
@@ -210,12 +271,12 @@ def run_batch(
         facts = llm.Facts(
             rec["class"], rec["probabilities"], model, method, explain.describe_map(saliency)
         )
-        images = [image, saliency] if share_images else []
-        result = llm.explain(facts, images, share_images, gemini_model, client)
+        share = share_images and not (rec.get("dicom") or {}).get("burned_in_annotation")
+        result = llm.explain(facts, [image, saliency] if share else [], share, gemini_model, client)
         rec.update(
             explanation=result.text, explanation_source=result.source, saliency=facts.saliency
         )
-        texts.append(f"## {Path(rec['file']).name}\n\n{result.text}\n")
+        texts.append(f"## {rec.get('input') or Path(rec['file']).name}\n\n{result.text}\n")
     write_json_atomic(out / "predictions.json", json.loads(json.dumps(records, default=_plain)))
     from btc.config import write_text_atomic
 
