@@ -180,6 +180,9 @@ class PreprocessConfig(_StageConfig):
         test_fraction: Fraction of images in the test split (grouped mode only).
         near_threshold: Maximum Hamming distance (of 64 bits) between perceptual hashes for two
             images to count as near or mirrored duplicates.
+        rewindow_similarity: Minimum correlation of the histogram-equalised 64×64 thumbnails for
+            two images to count as re-windowed copies (same slice, other brightness, contrast or
+            gamma); `1.0` turns that search off.
         image_size: Side length the tf.data pipeline resizes to.
         sample_per_class: If > 0, index only this many files per class and official split
             (a seeded sample for quick runs and tests); `0` indexes every file.
@@ -198,6 +201,7 @@ class PreprocessConfig(_StageConfig):
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     near_threshold: int = 4
+    rewindow_similarity: float = 0.97
     image_size: int = 299
     sample_per_class: int = 0
     label_conflicts: str = "drop"
@@ -212,6 +216,7 @@ class PreprocessConfig(_StageConfig):
         check_range("val_fraction", self.val_fraction, 0.0, 0.5, low_inclusive=False)
         check_range("test_fraction", self.test_fraction, 0.0, 0.5, low_inclusive=False)
         check_range("near_threshold", self.near_threshold, 0, 32, types=int)
+        check_range("rewindow_similarity", self.rewindow_similarity, 0.5, 1.0)
         check_range("image_size", self.image_size, 32, 1024, types=int)
         check_range("workers", self.workers, 0, 64, types=int)
         check_range("sample_per_class", self.sample_per_class, 0, types=int)

@@ -45,7 +45,7 @@ MAX_PIXELS = 40_000_000  # the largest real scan here is 1920×1080; 40 MP leave
 MIN_SIDE = 32
 INDEX_COLUMNS = [
     "path", "class", "official_split", "sha256", "width", "height", "mode", "format",
-    "bytes", "readable", "error", "phash", "phash_mirror",
+    "bytes", "readable", "error", "phash", "phash_mirror", "phash_eq", "phash_eq_mirror", "thumb_eq",
 ]  # fmt: skip
 MANIFEST_COLUMNS = [
     "path", "sha256", "class", "split", "group", "official_split", "format", "mode",
@@ -105,7 +105,7 @@ def to_grayscale(img: Image.Image) -> Image.Image:
 
 
 def inspect_image(path: str | Path) -> dict:
-    """Read one file: hash, format by content, size, colour mode and perceptual hashes.
+    """Read one file: hash, format by content, size, colour mode, perceptual hashes, thumbnail.
 
     Never raises for a bad file: problems are returned in `readable=False` and `error`.
 
@@ -123,7 +123,8 @@ def inspect_image(path: str | Path) -> dict:
 
 
 _EMPTY_ROW = dict(sha256=None, width=0, height=0, mode=None, format="unknown", bytes=0,
-                  readable=False, error=None, phash=None, phash_mirror=None)  # fmt: skip
+                  readable=False, error=None, phash=None, phash_mirror=None, phash_eq=None,
+                  phash_eq_mirror=None, thumb_eq=None)  # fmt: skip
 
 
 def inspect_bytes(data: bytes) -> dict:
@@ -170,6 +171,13 @@ def inspect_bytes(data: bytes) -> dict:
     gray = to_grayscale(img)
     row["phash"] = str(imagehash.phash(gray))
     row["phash_mirror"] = str(imagehash.phash(ImageOps.mirror(gray)))
+    # Histogram equalisation undoes any monotonic re-windowing (brightness, contrast, gamma),
+    # so re-windowed copies of a slice share these hashes and thumbnails (see btc.dedup).
+    equalised = ImageOps.equalize(gray)
+    row["phash_eq"] = str(imagehash.phash(equalised))
+    row["phash_eq_mirror"] = str(imagehash.phash(ImageOps.mirror(equalised)))
+    small = gray.resize((dedup.THUMB_SIDE, dedup.THUMB_SIDE), Image.BILINEAR)
+    row["thumb_eq"] = np.asarray(ImageOps.equalize(small), dtype=np.uint8).tobytes()
     row["readable"] = True
     return row
 
@@ -585,6 +593,7 @@ def preprocess(config: PreprocessConfig, manifest_path: str | Path | None = None
 
     Returns:
         Dict with `index`, `audit`, `pairs`, `duplicates` (summary table), `threshold_check`,
+        `similarity_check` (label agreement of re-windowed pairs per similarity cut),
         `manifest`, `report` (JSON-ready), `manifest_path` and `seconds` per step.
 
     Raises:
@@ -597,7 +606,7 @@ def preprocess(config: PreprocessConfig, manifest_path: str | Path | None = None
     index = index_dataset(config.data_dir, config.sample_per_class, config.seed, config.workers)
     seconds["index"] = time.perf_counter() - start
     start = time.perf_counter()
-    pairs, groups = dedup.find_duplicates(index, config.near_threshold)
+    pairs, groups = dedup.find_duplicates(index, config.near_threshold, config.rewindow_similarity)
     seconds["duplicates"] = time.perf_counter() - start
     manifest, report = split_dataset(index, groups, config)
     path = Path(manifest_path or MANIFEST_PATH)
@@ -612,5 +621,6 @@ def preprocess(config: PreprocessConfig, manifest_path: str | Path | None = None
     write_manifest(manifest, path, info)
     seconds["total"] = sum(seconds.values())
     return {"index": index, "audit": audit(index), "pairs": pairs, "duplicates": summary,
-            "threshold_check": dedup.threshold_check(index), "manifest": manifest, "report": report,
+            "threshold_check": dedup.threshold_check(index),
+            "similarity_check": dedup.similarity_check(index, config.near_threshold), "manifest": manifest, "report": report,
             "manifest_path": path, "seconds": seconds}  # fmt: skip

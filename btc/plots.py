@@ -85,8 +85,8 @@ def sample_grid(
 def duplicate_examples(
     pairs: pd.DataFrame, per_kind: int = 2, seed: int = 0, path: str | Path | None = None
 ) -> plt.Figure:
-    """Show example duplicate pairs of each kind (exact, near, mirrored) side by side."""
-    kinds = [k for k in ("exact", "near", "mirrored") if (pairs["kind"] == k).any()]
+    """Show example duplicate pairs of each kind (exact, near, mirrored, re-windowed) side by side."""
+    kinds = [k for k in ("exact", "near", "mirrored", "rewindowed") if (pairs["kind"] == k).any()]
     rows = [
         r
         for k in kinds
@@ -101,7 +101,9 @@ def duplicate_examples(
             ax.imshow(load_gray(row[f"path_{side}"], 256), cmap="gray")
             ax.axis("off")
             ax.set_title(
-                f"{row['kind']} (d={row['distance']}) · {row[f'split_{side}'] or 'folder'}\n"
+                f"{row['kind']} (d={row['distance']}"
+                + (f", r={row['similarity']:.3f}" if pd.notna(row.get("similarity")) else "")
+                + f") · {row[f'split_{side}'] or 'folder'}\n"
                 f"{row[f'class_{side}']} · {Path(row[f'path_{side}']).name}",
                 fontsize=7,
             )
