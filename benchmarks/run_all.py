@@ -1,8 +1,9 @@
 """Run every benchmark in one process and print their tables (`make bench`).
 
-Needs the dataset (BTC_DATA_DIR) and, for overhead/latency, a manifest and trained models
-(`make pipeline`). BENCH_E2E=1 also times the whole quick pipeline (about 15 minutes). The
-printed tables are also saved to `results/bench.json` for the README results section.
+Needs the dataset (BTC_DATA_DIR) and, for overhead/latency/LiteRT, a manifest and trained
+models (`make pipeline`); the LiteRT section exports missing `.tflite` variants first.
+BENCH_E2E=1 also times the whole quick pipeline (about 15 minutes). The printed tables are also
+saved to `results/bench.json` for the README results section.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dedup
 import e2e
 import input_pipeline
 import latency
+import litert
 import overhead
 
 from btc import config
@@ -40,11 +42,13 @@ def main() -> None:
         latency.main()
         print("\n== 4. de-duplication on the full dataset ==")
         dedup.main()
+        print("\n== 5. LiteRT exports vs the Keras model, test split (latency: median of 30) ==")
+        litert.main()
         if os.environ.get("BENCH_E2E") == "1":
-            print("\n== 5. end-to-end quick pipeline ==")
+            print("\n== 6. end-to-end quick pipeline ==")
             e2e.main()
         else:
-            print("\n== 5. end-to-end: skipped (set BENCH_E2E=1; about 15 minutes) ==")
+            print("\n== 6. end-to-end: skipped (set BENCH_E2E=1; about 15 minutes) ==")
     config.write_json_atomic(config.RESULTS_DIR / "bench.json", {"text": out.getvalue()})
 
 

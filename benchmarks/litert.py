@@ -1,0 +1,105 @@
+"""Benchmark: LiteRT exports (none, float16, int8) against the Keras model, on the test split.
+
+For every trained model: file size, single-image latency (median of `repeats` after a warm-up,
+LiteRT with one thread per core), test accuracy with its 95 % bootstrap CI, and top-1 agreement
+with the Keras model. Variants that are missing or stale are exported first (into the models
+folder, as `btc export` would). Targets for int8 (issue 16): agreement ≥ 99 %, accuracy within
+0.5 points of Keras, file ≥ 3× smaller.
+
+`python litert.py [MODELS_DIR [MANIFEST]]` runs it on other folders (e.g. tiny test models).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from btc import config, data, evaluate, export, train
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _variant(name: str, quantize: str, models_dir: Path, manifest: Path):
+    try:
+        return export.load_litert(name, quantize, models_dir)
+    except (FileNotFoundError, ValueError):  # missing or stale: export it
+        export.export_tflite(name, quantize, models_dir=models_dir, manifest=manifest)
+        return export.load_litert(name, quantize, models_dir)
+
+
+def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = config.MANIFEST_PATH,
+         repeats: int = 30, n_bootstrap: int = 1000) -> list[dict]:  # fmt: skip
+    models_dir, manifest = Path(models_dir), Path(manifest)
+    names = evaluate.trained_model_names(models_dir)
+    if not names or not manifest.is_file():
+        print(f"skipped: needs trained models in {models_dir} and {manifest} (make pipeline)")
+        return []
+    try:
+        export.interpreter_class()
+    except ImportError as exc:
+        print(f"skipped: {exc}")
+        return []
+    frame = data.load_manifest(manifest)
+    rows = []
+    for name in names:
+        model, meta = train.load_trained(name, models_dir)
+        x1 = next(iter(data.make_dataset(frame, "test", meta["image_size"], 1, augment=False,
+                                         shuffle=False, cache=False)))[0].numpy()  # fmt: skip
+        probs, labels = evaluate.predict_split(model, meta, frame, "test")
+        keras_top1 = probs.argmax(1)
+        variants = [("keras", model, (models_dir / name / "model.keras").stat().st_size, probs)]
+        for quantize in export.QUANTIZE:
+            lite, lite_meta = _variant(name, quantize, models_dir, manifest)
+            lite_probs, _ = evaluate.predict_split(lite, lite_meta, frame, "test")
+            variants.append((quantize, lite, lite_meta["tflite_bytes"], lite_probs))
+        for variant, runner, size, p in variants:
+            ci = evaluate.bootstrap_ci(labels, p, n_bootstrap, class_names=meta["class_names"])
+            rows.append({"model": name, "variant": variant, "mb": size / 1e6,
+                         "ms": _median_ms(lambda r=runner, x=x1: r.predict_on_batch(x), repeats),
+                         "accuracy": float((p.argmax(1) == labels).mean()),
+                         "accuracy_ci": ci["accuracy"],
+                         "agreement": float((p.argmax(1) == keras_top1).mean()),
+                         "images": len(labels)})  # fmt: skip
+    _print(rows)
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    print(f"{'model':>10} {'variant':>8} {'MB':>7} {'×keras':>7} {'×fp32':>6} {'ms/img':>7} "
+          f"{'speed ×':>8} {'accuracy % [95 % CI]':>21} {'Δacc':>5} {'agree %':>8}")  # fmt: skip
+    base = {(r["model"], r["variant"]): r for r in rows if r["variant"] in ("keras", "none")}
+    for r in rows:
+        k, fp32 = base[r["model"], "keras"], base[r["model"], "none"]
+        lo, hi = (100 * v for v in r["accuracy_ci"])
+        accuracy = f"{100 * r['accuracy']:.1f} [{lo:.1f}, {hi:.1f}]"
+        print(f"{r['model']:>10} {r['variant']:>8} {r['mb']:>7.2f} {k['mb'] / r['mb']:>7.1f} "
+              f"{fp32['mb'] / r['mb']:>6.1f} {r['ms']:>7.1f} {k['ms'] / r['ms']:>8.1f} "
+              f"{accuracy:>21} {100 * (r['accuracy'] - k['accuracy']):>+5.1f} "
+              f"{100 * r['agreement']:>8.1f}")  # fmt: skip
+    print(
+        "×keras: size ratio to model.keras (which also stores the optimizer state); ×fp32: to "
+        "the float32 .tflite; speed ×: Keras latency / this variant's"
+    )
+    for r in (r for r in rows if r["variant"] == "int8"):
+        k, fp32 = base[r["model"], "keras"], base[r["model"], "none"]
+        checks = {"agreement ≥ 99 %": r["agreement"] >= 0.99,
+                  "|Δacc| ≤ 0.5 points": abs(r["accuracy"] - k["accuracy"]) <= 0.005,
+                  "≥ 3× smaller than float32": fp32["mb"] / r["mb"] >= 3}  # fmt: skip
+        print(
+            f"{r['model']} int8 targets ({r['images']} test images): "
+            + ", ".join(f"{c} {'met' if ok else 'NOT met'}" for c, ok in checks.items())
+        )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
