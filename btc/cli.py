@@ -33,12 +33,13 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from btc import config, data
+    from btc import config, data, external
 
     try:
         cfg = config.PreprocessConfig.from_params(dict(args.param or []))
         result = data.preprocess(cfg)
-    except (ValueError, TypeError) as exc:
+        ext = external.preprocess_external(cfg, result["index"], result["manifest_path"])
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(result["audit"]["counts"].to_string())
@@ -46,6 +47,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     report = {k: v for k, v in result["report"].items() if k != "split_sizes"}
     print(yaml.safe_dump(report, sort_keys=False))
     print(f"manifest written to {result['manifest_path']}")
+    print(f"external set: {ext if ext else 'none (no external_dir)'}")
     return 0
 
 

@@ -31,6 +31,10 @@ RESULTS_DIR = _env_path("BTC_RESULTS_DIR", PROJECT_ROOT / "results")
 PARAMS_DIR = PROJECT_ROOT / "params"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 MANIFEST_PATH = PROCESSED_DIR / "manifest.csv"
+# External tumour scans from the notumor class's own source (Br35H "yes"), with boxes (btc.external)
+EXTERNAL_DIR = _env_path("BTC_EXTERNAL_DIR", PROJECT_ROOT / "data" / "raw" / "br35h-tumour")
+EXTERNAL_PATH = PROCESSED_DIR / "external.csv"
+UNKNOWN_TUMOUR = "tumour"  # label of a scan known to hold a tumour of unknown type
 
 CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
 CLASS_ALIASES: dict[str, str] = {
@@ -190,6 +194,10 @@ class PreprocessConfig(_StageConfig):
             `"drop"` them (their label is unreliable) or `"keep"` them (majority label used
             for stratification).
         workers: Processes used to index the files; `0` uses all cores.
+        external_dir: Folder of external tumour scans with boxes (`btc.external`); empty or
+            missing skips the external set.
+        external_train_fraction: Share of the external images (whole near-copy groups) that
+            training may use as "tumour, type unknown"; the rest is held out for testing.
         drop_leaked: In `official` mode, drop Testing images whose duplicate group is in
             Training. `False` keeps them to *measure* how much the leak inflates scores; such
             a manifest is refused by evaluation unless explicitly allowed, and labelled LEAKY.
@@ -207,6 +215,8 @@ class PreprocessConfig(_StageConfig):
     label_conflicts: str = "drop"
     workers: int = 0
     drop_leaked: bool = True
+    external_dir: str | Path = EXTERNAL_DIR
+    external_train_fraction: float = 0.5
 
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir or DATA_DIR).expanduser())
@@ -220,6 +230,10 @@ class PreprocessConfig(_StageConfig):
         check_range("image_size", self.image_size, 32, 1024, types=int)
         check_range("workers", self.workers, 0, 64, types=int)
         check_range("sample_per_class", self.sample_per_class, 0, types=int)
+        check_range("external_train_fraction", self.external_train_fraction, 0.0, 0.9)
+        object.__setattr__(
+            self, "external_dir", Path(self.external_dir or EXTERNAL_DIR).expanduser()
+        )
         check_choice("drop_leaked", self.drop_leaked, (True, False))
         if not self.drop_leaked and self.split_mode != "official":
             raise ValueError(

@@ -30,6 +30,7 @@ from btc.config import (
     CLASS_NAMES,
     OFFICIAL_SPLITS,
     SPLITS,
+    UNKNOWN_TUMOUR,
     PreprocessConfig,
     atomic_path,
     canonical_class,
@@ -509,6 +510,26 @@ def augmentation(seed: int = 42):
     ], name="augmentation")  # fmt: skip
 
 
+def style_augmentation(images, image_size: int, seed: int = 42):
+    """Vary acquisition style in a `[0, 1]` batch: gamma, resolution and noise.
+
+    Framing and exposure differ by source in this dataset; varying them during training makes
+    them less useful as a shortcut. Gamma per image in [0.7, 1.4], one down-and-up resampling per
+    batch to 50–100 % of the side, Gaussian noise with σ up to 0.03 per image.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    gamma = tf.exp(tf.random.uniform([batch, 1, 1, 1], np.log(0.7), np.log(1.4), seed=seed))
+    images = tf.pow(tf.clip_by_value(images, 1e-6, 1.0), gamma)
+    side = tf.cast(tf.round(tf.random.uniform([], 0.5, 1.0, seed=seed + 1) * image_size), tf.int32)
+    images = tf.image.resize(tf.image.resize(images, [side, side], antialias=True),
+                             [image_size, image_size])  # fmt: skip
+    sigma = tf.random.uniform([batch, 1, 1, 1], 0.0, 0.03, seed=seed + 2)
+    noise = tf.random.normal(tf.shape(images), seed=seed + 3)
+    return tf.clip_by_value(images + sigma * noise, 0.0, 1.0)
+
+
 def make_dataset(
     manifest: pd.DataFrame | str | Path,
     split: str,
@@ -519,6 +540,7 @@ def make_dataset(
     shuffle: bool | None = None,
     cache: bool | str = True,
     class_names: Sequence[str] = CLASS_NAMES,
+    style: bool = False,
 ):
     """Build a `tf.data.Dataset` of `(images, labels)` for one split of a manifest.
 
@@ -536,7 +558,9 @@ def make_dataset(
         shuffle: Shuffle each epoch; defaults to `split == "train"`.
         cache: `True` caches decoded, resized uint8 images in memory; a path caches to disk;
             `False` decodes every epoch.
-        class_names: Label order (index `i` is `class_names[i]`).
+        class_names: Label order (index `i` is `class_names[i]`); rows of class `"tumour"`
+            (external scans of unknown tumour type) get label `len(class_names)`.
+        style: Also apply `style_augmentation` (with `augment`).
 
     Returns:
         Dataset of `float32 (batch, image_size, image_size, 3)` images in [0, 1] and `int32
@@ -557,7 +581,7 @@ def make_dataset(
         raise ValueError(f"`split` has no images in this manifest. Received: split={split!r}")
     augment = split == "train" if augment is None else augment
     shuffle = split == "train" if shuffle is None else shuffle
-    lookup = {name: i for i, name in enumerate(class_names)}
+    lookup = {name: i for i, name in enumerate(class_names)} | {UNKNOWN_TUMOUR: len(class_names)}
     labels = rows["class"].map(lookup).astype("int32").to_numpy()
     ds = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(), labels))
     ds = ds.map(
@@ -577,6 +601,9 @@ def make_dataset(
         aug = augmentation(seed)
         ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
                     num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
+        if style:
+            ds = ds.map(lambda x, y: (style_augmentation(x, image_size, seed), y),
+                        num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
     ds = ds.map(lambda x, y: (tf.image.grayscale_to_rgb(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -324,6 +324,11 @@ def _summary_row(name: str, result: dict) -> dict:
     for cls, values in m["per_class"].items():
         row[f"sensitivity_{cls}"] = values["sensitivity"]
         row[f"sensitivity_{cls}_ci"] = ci["sensitivity"][cls]
+    ext = result.get("external") or {}
+    row["external_sensitivity"], row["external_sensitivity_ci"] = (
+        ext.get("sensitivity"),
+        ext.get("ci"),
+    )
     return row
 
 
@@ -339,7 +344,7 @@ def comparison_markdown(report: dict) -> str:
     leaky = "LEAKY — " if report["leakage"]["leaky"] else ""
     classes = report["class_names"]
     head = ["model", "accuracy", "macro-F1"] + [f"sens. {c}" for c in classes] + [
-        "ECE before → after", "T"]  # fmt: skip
+        "ECE before → after", "T", "external tumour sens."]  # fmt: skip
     lines = [f"{leaky}Test split: {report['split_sizes']['test']} images, 95 % bootstrap CIs "
              f"({report['n_bootstrap']} resamples); numbers in %.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
@@ -348,8 +353,15 @@ def comparison_markdown(report: dict) -> str:
                  _fmt(row["f1_macro"], row["f1_macro_ci"])]  # fmt: skip
         cells += [_fmt(row[f"sensitivity_{c}"], row[f"sensitivity_{c}_ci"]) for c in classes]
         cells += [f"{_fmt(row['ece_before'])} → {_fmt(row['ece_after'])}",
-                  "–" if row["temperature"] is None else f"{row['temperature']:.2f}"]  # fmt: skip
+                  "–" if row["temperature"] is None else f"{row['temperature']:.2f}",
+                  _fmt(row.get("external_sensitivity"), row.get("external_sensitivity_ci"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    ext = report.get("external_set")
+    if ext:
+        lines += ["", f"External: {ext['what']} — {ext['images']} images in {ext['groups']} "
+                      "near-copy groups; sensitivity = share not called 'no tumour', CI resamples "
+                      "whole groups. The internal split shares its sources with training and "
+                      "cannot reveal a source shortcut; the external set can."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -393,7 +405,7 @@ def evaluate(
         LeakageError: If the test split leaks and `allow_leaky` is false.
         FileNotFoundError: If no trained model is found.
     """
-    from btc import config, data, plots, train
+    from btc import config, data, external, plots, train
 
     config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
     manifest_path = Path(manifest_path or config.MANIFEST_PATH)
@@ -405,7 +417,9 @@ def evaluate(
     names = list(model_names or trained_model_names(models_dir))
     if not names:
         raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
-    val_p, test_p, metas, labels = {}, {}, {}, {}
+    ext = external.load_external(manifest_path.with_name("external.csv"))
+    ext_test = None if ext is None else ext[ext.split == "test"].reset_index(drop=True)
+    val_p, test_p, metas, labels, ext_p = {}, {}, {}, {}, {}
     for name in names:
         model, meta = train.load_trained(name, models_dir)
         val_probs, val_y = predict_split(model, meta, manifest, "val", batch_size, tta=False)
@@ -417,6 +431,9 @@ def evaluate(
             val_probs, _ = predict_split(model, meta, manifest, "val", batch_size, tta=True)
             temperature = meta["temperature_tta"] = round(fit_temperature(val_probs, val_y), 4)
         test_probs, test_y = predict_split(model, meta, manifest, "test", batch_size, tta)
+        if ext_test is not None and len(ext_test):
+            ext_probs, _ = predict_split(model, meta, ext_test, "test", batch_size, tta)
+            ext_p[name] = apply_temperature(ext_probs, temperature)
         config.write_json_atomic(Path(models_dir) / name / "metadata.json", meta)
         val_p[name], test_p[name], metas[name] = (
             apply_temperature(val_probs, temperature), test_probs, {**meta, "eval_temperature": temperature})  # fmt: skip
@@ -443,10 +460,22 @@ def evaluate(
                                  {"members": names, "weights": results["ensemble"]["weights"],
                                   "fitted_on": "val" if fit_ensemble else "equal"})  # fmt: skip
     probs = {n: r.pop("probs") for n, r in results.items()}
+    if ext_p:
+        if "ensemble" in results:
+            ext_p["ensemble"] = ensemble([ext_p[n] for n in names],
+                                         [results["ensemble"]["weights"][n] for n in names])  # fmt: skip
+        groups = ext_test["group"].to_numpy()
+        for name, p in ext_p.items():
+            results[name]["external"] = external.tumour_sensitivity(
+                p, groups, CLASS_NAMES, n_bootstrap, seed
+            )
     report = {
         "leakage": gate, "class_names": list(CLASS_NAMES), "tta": tta, "n_bootstrap": n_bootstrap,
         "manifest_sha256": data.file_sha256(manifest_path),
         "split_sizes": manifest["split"].value_counts().to_dict(),
+        "external_set": None if ext_test is None else {
+            "what": "Br35H scans with a tumour (the notumor class's own source), held-out groups",
+            "images": int(len(ext_test)), "groups": int(ext_test["group"].nunique())},
         "models": results, "mcnemar": pairwise_mcnemar(y, probs),
         "table": [_summary_row(n, r) for n, r in results.items()],
     }  # fmt: skip
@@ -506,6 +535,10 @@ mirrored duplicates were grouped and every group kept in one split; images conve
 to remove the colour-mode shortcut. Train {meta["train_images"]}, validation {meta["val_images"]},
 test {report["split_sizes"].get("test")} images. Manifest sha256 `{report["manifest_sha256"][:16]}…`.
 Leakage check: {report["leakage"]["test_images_leaked"]} test images share a group with train/val.
+External training images (Br35H tumour scans as "tumour, type unknown"): {meta.get("external_train_images", 0)}.
+
+## External validation (the notumor class's own source, held-out groups)
+{_external_line(result.get("external"))}
 
 ## Test metrics (95 % bootstrap CI, {report["n_bootstrap"]} resamples), in %
 Accuracy {_fmt(m["accuracy"], ci["accuracy"])}; macro-F1 {_fmt(m["f1_macro"], ci["f1_macro"])};
@@ -532,6 +565,16 @@ Errors have asymmetric costs: a missed tumour (see the "no tumour" rate above) i
 alarm. Show calibrated confidence, not only the top class. Saliency maps show what the model used,
 not where the tumour is. Patient data must not leave the institution without consent.
 """
+
+
+def _external_line(ext: dict | None) -> str:
+    if not ext:
+        return (
+            "No external set was prepared (01 found no `external_dir`): source shortcuts untested."
+        )
+    return (f"Br35H tumour scans: {ext['images']} images in {ext['groups']} near-copy groups; "
+            f"tumour sensitivity {_fmt(ext['sensitivity'], ext['ci'])} % (group-bootstrap 95 % CI); "
+            f"called {ext['called']}.")  # fmt: skip
 
 
 def plain_summary(report: dict) -> str:

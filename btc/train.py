@@ -1,9 +1,14 @@
-"""Training stage: two-phase transfer learning, resumable runs, self-describing artifacts.
+"""Training stage: transfer learning, resumable runs, self-describing artifacts.
 
-Transfer models train the head on a frozen backbone at a higher learning rate, then unfreeze the
-top of the backbone (batch normalisation kept in inference mode) at a lower, warmed-up and
-cosine-decayed learning rate. The CNN trains from scratch in one phase. A run killed mid-way
-resumes from its last finished epoch when started again (BackupAndRestore + a phase marker).
+Recipe `one_phase` (default): every layer trains from the start, batch normalisation included
+(ImageNet statistics do not fit grayscale MRI), Adam warmed up to `lr_head` then cosine-decayed.
+Recipe `two_phase`: the head on a frozen backbone, then the top `finetune_fraction` of the
+backbone (BN frozen, inference mode) at a lower warmed-up, cosine-decayed rate. The CNN trains
+from scratch in one phase. When 01 wrote an external set (`btc.external`), its `train` groups join
+the training split as "tumour, type unknown" with the partial-label loss
+−log(p_glioma + p_meningioma + p_pituitary), so the softmax learns that these scans hold a tumour
+without being told which. A run killed mid-way resumes from its last finished epoch when started
+again (BackupAndRestore + a phase marker).
 """
 
 from __future__ import annotations
@@ -34,6 +39,38 @@ from btc.config import (
 )
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+RECIPES = ("one_phase", "two_phase")
+
+
+@keras.saving.register_keras_serializable(package="btc")
+def partial_label_crossentropy(y_true, y_pred):
+    """Cross-entropy where label `len(CLASS_NAMES)` means "a tumour of unknown type".
+
+    Known labels give −log p_y; the unknown-tumour label gives −log Σ p_tumour-classes.
+    """
+    import tensorflow as tf
+
+    k = len(CLASS_NAMES)
+    y = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+    tumour = tf.constant([0.0 if c == "notumor" else 1.0 for c in CLASS_NAMES], y_pred.dtype)
+    target = tf.where(
+        tf.equal(y, k)[:, None], tumour[None, :], tf.one_hot(y, k, dtype=y_pred.dtype)
+    )
+    p = tf.reduce_sum(target * tf.cast(y_pred, target.dtype), axis=-1)
+    return -tf.math.log(tf.clip_by_value(p, 1e-7, 1.0))
+
+
+@keras.saving.register_keras_serializable(package="btc")
+def partial_label_accuracy(y_true, y_pred):
+    """Accuracy where the unknown-tumour label counts as right for any tumour class."""
+    import tensorflow as tf
+
+    k = len(CLASS_NAMES)
+    y = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+    pred = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+    notumor = CLASS_NAMES.index("notumor")
+    right = tf.where(tf.equal(y, k), tf.not_equal(pred, notumor), tf.equal(pred, y))
+    return tf.cast(right, tf.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +88,13 @@ class TrainConfig(_StageConfig):
         finetune_fraction: Share of backbone layers (from the top) unfrozen in phase 2.
         warmup_epochs: Linear warm-up length of phase 2, in epochs.
         patience: EarlyStopping patience on validation loss (best weights restored).
+        recipe: `"one_phase"` (every layer and BN trains, warm-up + cosine decay to `lr_head`
+            over `epochs_head + epochs_finetune` epochs) or `"two_phase"` (frozen backbone,
+            then the top `finetune_fraction` at `lr_finetune` with BN frozen).
+        style_augment: Also augment against acquisition style: gamma, resolution and noise.
+        external: Train on the external set's `train` groups (if 01 wrote one) as "tumour,
+            type unknown" with the partial-label loss.
+        external_repeat: How many times each external training image is repeated per epoch.
         weights: `"imagenet"`, `""`/`"none"` for random initialisation, or a weights-file path.
         alpha: MobileNet width multiplier.
         dropout: Head dropout.
@@ -72,6 +116,10 @@ class TrainConfig(_StageConfig):
     finetune_fraction: float = 0.3
     warmup_epochs: int = 1
     patience: int = 3
+    recipe: str = "one_phase"
+    style_augment: bool = True
+    external: bool = True
+    external_repeat: int = 2
     weights: str = "imagenet"
     alpha: float = 1.0
     dropout: float = 0.3
@@ -97,6 +145,8 @@ class TrainConfig(_StageConfig):
         check_range("seed", self.seed, 0, types=int)
         check_choice("alpha", self.alpha, (1.0, 0.75, 0.5, 0.25))
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("recipe", self.recipe, RECIPES)
+        check_range("external_repeat", self.external_repeat, 1, 20, types=int)
         if str(self.weights).lower() in ("", "none"):
             object.__setattr__(self, "weights", "none")
         if not self.name:
@@ -132,9 +182,10 @@ def set_trainable(model: keras.Model, phase: str, finetune_fraction: float = 0.3
     Phase `"head"` freezes the whole backbone. Phase `"finetune"` unfreezes the top
     `finetune_fraction` of backbone layers, keeping every BatchNormalization layer frozen (in
     Keras 3 a frozen BN layer runs in inference mode, so its statistics are not disturbed).
-    Phase `"scratch"` (random initialisation) makes every layer trainable, BN included.
+    Phases `"scratch"` (random initialisation) and `"all"` (one-phase fine-tuning) make every
+    layer trainable, BN included.
     """
-    if phase == "scratch":
+    if phase in ("scratch", "all"):
         for layer in model.layers:
             layer.trainable = True
         return sum(1 for layer in model.layers if layer.weights)
@@ -166,9 +217,27 @@ def _warmup_cosine(peak: float, steps: int, warmup_steps: int):
 def _compile(model: keras.Model, learning_rate) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=partial_label_crossentropy,
+        metrics=[keras.metrics.MeanMetricWrapper(partial_label_accuracy, name="accuracy")],
     )
+
+
+def external_training_rows(manifest_path: Path | None, repeat: int = 1) -> pd.DataFrame:
+    """The external set's `train` rows beside a manifest, as manifest rows (empty if none).
+
+    Args:
+        manifest_path: The manifest CSV; `external.csv` is read from the same folder.
+        repeat: Repeat each row this many times (they are few next to the Kaggle images).
+
+    Returns:
+        Rows with `path`, `class` (`"tumour"`), `split` (`"train"`), `group`, `sha256`.
+    """
+    path = Path(manifest_path).with_name("external.csv") if manifest_path else None
+    if path is None or not path.is_file():
+        return pd.DataFrame(columns=["path", "class", "split", "group", "sha256"])
+    ext = pd.read_csv(path, keep_default_na=False)
+    rows = ext[ext.split == "train"][["path", "class", "split", "group", "sha256"]]
+    return pd.concat([rows] * repeat, ignore_index=True)
 
 
 def _class_weights(manifest: pd.DataFrame) -> dict[int, float]:
@@ -236,21 +305,26 @@ def train(
         keras.mixed_precision.set_global_policy("mixed_float16")
     spec = models.get_spec(config.model)
     strategy = get_strategy(config.strategy)
-    train_ds = data.make_dataset(
-        frame, "train", config.image_size, config.batch_size, seed=config.seed
+    external = (
+        external_training_rows(manifest_path, config.external_repeat) if config.external else None
     )
+    train_frame = frame if external is None or external.empty else pd.concat([frame, external])
+    train_ds = data.make_dataset(train_frame, "train", config.image_size, config.batch_size,
+                                 seed=config.seed, style=config.style_augment)  # fmt: skip
     val_ds = data.make_dataset(frame, "val", config.image_size, config.batch_size, seed=config.seed)
-    steps_per_epoch = math.ceil((frame.split == "train").sum() / config.batch_size)
+    steps_per_epoch = math.ceil((train_frame.split == "train").sum() / config.batch_size)
     with strategy.scope():
         model = models.build_model(
             config.model, len(CLASS_NAMES), config.image_size, config.weights_arg,
             alpha=config.alpha, dropout=config.dropout,
         )  # fmt: skip
     pretrained = spec.transfer and config.weights_arg is not None
-    if pretrained:
+    if pretrained and config.recipe == "two_phase":
         phases = [("head", config.epochs_head, config.lr_head)]
         if config.epochs_finetune:
             phases.append(("finetune", config.epochs_finetune, config.lr_finetune))
+    elif pretrained:  # one phase: every layer, BN included, adapts from the first step
+        phases = [("all", config.epochs_head + config.epochs_finetune, config.lr_head)]
     else:  # random weights: freezing them would be pointless, so one phase, every layer trains
         epochs = config.epochs_head + (config.epochs_finetune if spec.transfer else 0)
         phases = [("scratch", epochs, config.lr_head)]  # a random backbone gets the same budget
@@ -265,7 +339,7 @@ def train(
             phase_starts.append(epoch0 - epochs)
             continue
         phase_starts.append(epoch0)
-        if phase == "finetune":
+        if phase in ("finetune", "all"):
             warm = config.warmup_epochs * steps_per_epoch
             lr = _warmup_cosine(lr, epochs * steps_per_epoch, warm)
         elif phase == "scratch":  # one phase, decayed to settle BN and weights
@@ -307,6 +381,9 @@ def train(
         "config": config.to_dict(),
         "manifest_sha256": data.file_sha256(manifest_path) if manifest_path else None,
         "train_images": int((frame.split == "train").sum()),
+        "external_train_images": 0
+        if external is None
+        else int(len(external) // config.external_repeat),
         "val_images": int((frame.split == "val").sum()),
         "versions": package_versions(),
         "params_total": int(model.count_params()),

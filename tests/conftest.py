@@ -32,7 +32,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("BTC_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
 SHARED_DATA = SHARED_DIR / "datasets" / "brain-tumor-mri"
 SHARED_WEIGHTS = SHARED_DIR / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+SHARED_EXTERNAL = SHARED_DIR / "datasets" / "br35h-tumour"
 os.environ.setdefault("BTC_WEIGHTS_DIR", str(SHARED_WEIGHTS.parent))  # ImageNet weights offline
+os.environ.setdefault("BTC_EXTERNAL_DIR", str(SHARED_EXTERNAL))  # external tumour scans
 
 
 def pytest_sessionfinish(session, exitstatus):

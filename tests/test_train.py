@@ -65,7 +65,7 @@ def test_saved_model_reloads_and_predicts_identically(tmp_path):
 def test_two_phase_run_writes_complete_artifacts(tiny_manifest, tmp_path):
     cfg = train.TrainConfig(
         model="mobilenet", image_size=64, batch_size=16, epochs_head=1, epochs_finetune=1,
-        weights=str(SHARED_WEIGHTS), alpha=0.25, class_weights=True,
+        weights=str(SHARED_WEIGHTS), alpha=0.25, class_weights=True, recipe="two_phase",
     )  # fmt: skip
     meta = train.train(cfg, tiny_manifest, tmp_path / "models", tmp_path / "results", verbose=0)
     folder = tmp_path / "models" / "mobilenet"
@@ -83,6 +83,24 @@ def test_two_phase_run_writes_complete_artifacts(tiny_manifest, tmp_path):
     assert not (folder / "run").exists(), "unfinished-run folder left behind"
     model, loaded_meta = train.load_trained("mobilenet", tmp_path / "models")
     assert model.input_shape == (None, 64, 64, 3) and loaded_meta["name"] == "mobilenet"
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="shared MobileNet weights not found")
+def test_one_phase_recipe_trains_every_layer_and_batch_norm(tiny_manifest, tmp_path):
+    cfg = train.TrainConfig(model="mobilenet", image_size=64, batch_size=16, epochs_head=1,
+                            epochs_finetune=1, weights=str(SHARED_WEIGHTS), alpha=0.25)  # fmt: skip
+    assert cfg.recipe == "one_phase"
+    meta = train.train(cfg, tiny_manifest, tmp_path / "models", tmp_path / "results", verbose=0)
+    assert meta["phase_starts"] == [0] and meta["epochs_run"] == 2
+    history = pd.read_csv(tmp_path / "models" / "mobilenet" / "history.csv")
+    assert history["phase"].tolist() == ["all", "all"]
+    model, _ = train.load_trained("mobilenet", tmp_path / "models")
+    bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and all(layer.trainable for layer in bn)
+    fresh = models.build_model("mobilenet", 4, 64, str(SHARED_WEIGHTS), alpha=0.25)
+    moved = [not np.allclose(a.moving_mean.numpy(), fresh.get_layer(a.name).moving_mean.numpy())
+             for a in bn]  # fmt: skip
+    assert np.mean(moved) > 0.9  # BN statistics adapted to grayscale MRI, not ImageNet's
 
 
 class _Killed(Exception):
