@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from btc import __version__, dedup
+from btc import __version__, dedup, shortcut
 from btc.config import (
     CLASS_ALIASES,
     CLASS_NAMES,
@@ -46,7 +46,7 @@ MAX_PIXELS = 40_000_000  # the largest real scan here is 1920×1080; 40 MP leave
 MIN_SIDE = 32
 INDEX_COLUMNS = [
     "path", "class", "official_split", "sha256", "width", "height", "mode", "format",
-    "bytes", "readable", "error", "phash", "phash_mirror", "phash_eq", "phash_eq_mirror", "thumb_eq",
+    "bytes", "readable", "error", "phash", "phash_mirror", "phash_eq", "phash_eq_mirror", "thumb_eq", "cues",
 ]  # fmt: skip
 MANIFEST_COLUMNS = [
     "path", "sha256", "class", "split", "group", "official_split", "format", "mode",
@@ -125,7 +125,7 @@ def inspect_image(path: str | Path) -> dict:
 
 _EMPTY_ROW = dict(sha256=None, width=0, height=0, mode=None, format="unknown", bytes=0,
                   readable=False, error=None, phash=None, phash_mirror=None, phash_eq=None,
-                  phash_eq_mirror=None, thumb_eq=None)  # fmt: skip
+                  phash_eq_mirror=None, thumb_eq=None, cues=None)  # fmt: skip
 
 
 def inspect_bytes(data: bytes) -> dict:
@@ -179,6 +179,7 @@ def inspect_bytes(data: bytes) -> dict:
     row["phash_eq_mirror"] = str(imagehash.phash(ImageOps.mirror(equalised)))
     small = gray.resize((dedup.THUMB_SIDE, dedup.THUMB_SIDE), Image.BILINEAR)
     row["thumb_eq"] = np.asarray(ImageOps.equalize(small), dtype=np.uint8).tobytes()
+    row["cues"] = shortcut.image_cues(np.asarray(gray)).tobytes()
     row["readable"] = True
     return row
 
@@ -349,7 +350,8 @@ def split_dataset(
         config: Split parameters (`split_mode`, fractions, `seed`, `label_conflicts`).
 
     Returns:
-        `(manifest, report)`: `manifest` has `MANIFEST_COLUMNS`; `report` counts what was
+        `(manifest, report)`: `manifest` has `MANIFEST_COLUMNS` and `source` (the likely
+        source, `btc.shortcut.likely_source`); `report` counts what was
         dropped and the groups crossing splits before and after.
 
     Raises:
@@ -388,7 +390,8 @@ def split_dataset(
         pool = info.loc[sorted(train_groups)]
         assigned = _assign_groups(pool, {"train": 1 - val, "val": val}, config.seed)
         df["split"] = np.where(df.official_split == "Testing", "test", df["group"].map(assigned))
-    manifest = df[MANIFEST_COLUMNS].reset_index(drop=True)
+    df["source"] = shortcut.likely_source(df)
+    manifest = df[[*MANIFEST_COLUMNS, "source"]].reset_index(drop=True)
     report["split_sizes"] = pd.crosstab(manifest["class"], manifest["split"]).to_dict()
     report["groups_crossing_splits"] = crossing_groups(manifest)
     if report["groups_crossing_splits"] and config.drop_leaked:
@@ -620,7 +623,8 @@ def preprocess(config: PreprocessConfig, manifest_path: str | Path | None = None
 
     Returns:
         Dict with `index`, `audit`, `pairs`, `duplicates` (summary table), `threshold_check`,
-        `similarity_check` (label agreement of re-windowed pairs per similarity cut),
+        `similarity_check` (label agreement of re-windowed pairs per similarity cut), `sources`
+        (class × likely source), `shortcut` (what non-anatomical cues predict, `btc.shortcut`),
         `manifest`, `report` (JSON-ready), `manifest_path` and `seconds` per step.
 
     Raises:
@@ -649,5 +653,7 @@ def preprocess(config: PreprocessConfig, manifest_path: str | Path | None = None
     seconds["total"] = sum(seconds.values())
     return {"index": index, "audit": audit(index), "pairs": pairs, "duplicates": summary,
             "threshold_check": dedup.threshold_check(index),
-            "similarity_check": dedup.similarity_check(index, config.near_threshold), "manifest": manifest, "report": report,
+            "similarity_check": dedup.similarity_check(index, config.near_threshold),
+            "sources": pd.crosstab(manifest["class"], manifest["source"]),
+            "shortcut": shortcut.shortcut_size(index, manifest, seed=config.seed), "manifest": manifest, "report": report,
             "manifest_path": path, "seconds": seconds}  # fmt: skip

@@ -16,6 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from recipes import table as recipe_table  # noqa: E402
+
 from btc import config  # noqa: E402
 from btc.evaluate import comparison_markdown  # noqa: E402
 
@@ -34,6 +38,8 @@ def section() -> str:
     training = _load(config.RESULTS_DIR / "02_train" / "summary.json") or []
     bench = _load(config.RESULTS_DIR / "bench.json")
     sal = _load(config.RESULTS_DIR / "03_evaluate" / "saliency_report.json")
+    ext_sal = _load(config.RESULTS_DIR / "03_evaluate" / "external_saliency.json")
+    recipes = _load(config.RESULTS_DIR / "recipes.json")
     sizes = metrics["split_sizes"]
     lines = [
         f"Quick preset (CPU, {training[0]['image_size'] if training else '?'} px) on "
@@ -50,21 +56,51 @@ def section() -> str:
         lines += [f"| {t['model']} | {t['params']:,} | {t['epochs']} | {t['minutes']} | "
                   f"{100 * t['best_val_accuracy']:.1f} |" for t in training]  # fmt: skip
         lines.append("")
+    if recipes:
+        lines += ["Recipe study (`benchmarks/recipes.py`; MobileNet α0.25 unless noted, same manifest; "
+                  "validation accuracy chooses, external = held-out Br35H tumour groups, group-bootstrap "
+                  "95 % CI; minutes on this 2-core machine):", "", recipe_table(recipes), ""]  # fmt: skip
+    if summary.get("shortcut"):
+        lines += ["The source shortcut (01): test accuracy of a gradient-boosted model on cues with no "
+                  "anatomy (chance ≈ 25 %):", "", "| cues | test accuracy [95 % CI] |", "|---|---|"]  # fmt: skip
+        lines += [f"| {r['cues']} | {100 * r['test_accuracy']:.1f} [{100 * r['ci_low']:.1f}, "
+                  f"{100 * r['ci_high']:.1f}] |" for r in summary["shortcut"]]  # fmt: skip
+        lines.append("")
     if sal:
-        lines += ["Saliency sanity check (Spearman ρ at full randomisation; pass < 0.5) and deletion AUC "
-                  "(lower is better):", "", "| model | method | ρ full random | deletion AUC | insertion AUC |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += ["Saliency sanity check (Spearman ρ at full randomisation, 95 % CI over images; a method "
+                  "passes when the CI's upper bound is below 0.5) and deletion / insertion AUC:", "",
+                  "| model | method | ρ full random [95 % CI] | n | deletion AUC | insertion AUC |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for name, entry in sal["models"].items():
             rho = {}
             for row in entry.get("sanity_check", []):
-                rho[row["method"]] = (
-                    row["spearman"] if row["fraction"] == 1.0 else rho.get(row["method"])
-                )
+                if row["fraction"] == 1.0:
+                    rho[row["method"]] = row
             for row in entry["faithfulness"]:
                 r = rho.get(row["method"])
-                lines.append(f"| {name} | {row['method']} | {'–' if r is None else f'{r:.2f}'} | "
+                cell = (
+                    "–"
+                    if r is None
+                    else (
+                        f"{r['spearman']:.2f} [{r['spearman_ci'][0]:.2f}, {r['spearman_ci'][1]:.2f}]"
+                    )
+                )
+                lines.append(f"| {name} | {row['method']} | {cell} | {'' if r is None else r['n']} | "
                              f"{row['deletion_auc']:.3f} | {row['insertion_auc']:.3f} |")  # fmt: skip
         lines.append("")
+    if ext_sal and ext_sal.get("models"):
+        lines += ["Saliency on the external tumour boxes (held-out Br35H groups): pointing game (map peak "
+                  "inside the box) and share of the map's energy inside the box, against the image centre:",
+                  "", "| model | method | pointing [95 % CI] | energy in box | centre pointing | "
+                  "centre energy | box area |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, entry in ext_sal["models"].items():
+            for method, sc in entry.items():
+                lines.append(f"| {name} | {method} | {100 * sc['pointing']:.1f} [{100 * sc['pointing_ci'][0]:.1f}, "
+                             f"{100 * sc['pointing_ci'][1]:.1f}] | {100 * sc['energy']:.1f} | "
+                             f"{100 * sc['centre_pointing']:.1f} | {100 * sc['centre_energy']:.1f} | "
+                             f"{100 * sc['box_area']:.1f} |")  # fmt: skip
+        lines += ["", f"Recommended demo method per model (sanity CI below 0.5 and best pointing): "
+                      f"{ext_sal['recommended']}.", ""]  # fmt: skip
     if bench:
         lines += ["Benchmarks (`make bench`):", "", "```", bench.get("text", "").strip(), "```", ""]
     e2e = _load(config.RESULTS_DIR / "e2e.json")
