@@ -456,9 +456,20 @@ def evaluate(
                                "metrics": classification_metrics(y, probs),
                                "ci": bootstrap_ci(y, probs, n_bootstrap, seed), "probs": probs}  # fmt: skip
     if "ensemble" in results:
+        # The ensemble earns its place only if it beats its best member on validation.
+        val_acc = {n: float((val_p[n].argmax(1) == labels["val"]).mean()) for n in names}
+        val_acc["ensemble"] = float((ensemble([val_p[n] for n in names], weights).argmax(1)
+                                     == labels["val"]).mean())  # fmt: skip
+        best = max(names, key=val_acc.get)
+        earns = val_acc["ensemble"] > val_acc[best]
+        results["ensemble"]["val_accuracy"] = {k: round(v, 4) for k, v in val_acc.items()}
+        results["ensemble"]["default_model"] = "ensemble" if earns else best
         config.write_json_atomic(Path(models_dir) / "ensemble.json",
                                  {"members": names, "weights": results["ensemble"]["weights"],
-                                  "fitted_on": "val" if fit_ensemble else "equal"})  # fmt: skip
+                                  "fitted_on": "val" if fit_ensemble else "equal",
+                                  "val_accuracy": results["ensemble"]["val_accuracy"],
+                                  "beats_best_member_on_val": bool(earns),
+                                  "default_model": "ensemble" if earns else best})  # fmt: skip
     probs = {n: r.pop("probs") for n, r in results.items()}
     if ext_p:
         if "ensemble" in results:

@@ -116,8 +116,21 @@ def test_mcnemar_counts_discordant_pairs():
 
 def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models, tmp_path):
     import json
+    import shutil
 
-    models_dir, manifest = tiny_models
+    import pandas as pd
+
+    from tests.conftest import SHARED_EXTERNAL
+
+    models_dir, tiny = tiny_models
+    manifest = tmp_path / "processed" / "manifest.csv"
+    manifest.parent.mkdir()
+    shutil.copy(tiny, manifest)
+    scans = sorted((SHARED_EXTERNAL / "images").glob("*.jpg"))[:10]
+    pd.DataFrame({"path": [str(p) for p in scans], "sha256": "", "class": "tumour", "split": "test",
+                  "group": [f"ext-{i // 2}" for i in range(len(scans))], "width": 256,
+                  "height": 256, "boxes": "[[0.5, 0.5, 0.2, 0.2]]"}).to_csv(
+        manifest.with_name("external.csv"), index=False)  # fmt: skip
     report = evaluate.evaluate(None, manifest, models_dir, tmp_path, n_bootstrap=1000, tta=True)
     assert set(report["models"]) == {"cnn", "mobilenet", "ensemble"}
     assert report["leakage"]["leaky"] is False
@@ -133,6 +146,18 @@ def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models, tmp
             assert (tmp_path / "03_evaluate" / f"{name}_{fig}.png").stat().st_size > 1000
     table = (tmp_path / "03_evaluate" / "comparison.md").read_text()
     assert "| ensemble |" in table and not table.startswith("LEAKY")
+    for name in ("cnn", "mobilenet", "ensemble"):  # external numbers next to the internal ones
+        ext = report["models"][name]["external"]
+        assert ext["images"] == len(scans) and ext["groups"] == 5
+        assert sum(ext["called"].values()) == len(scans)
+        assert ext["ci"][0] <= ext["sensitivity"] <= ext["ci"][1]
+    assert "External: Br35H" in table and "external tumour sens." in table
+    assert "tumour sensitivity" in (models_dir / "cnn" / "MODEL_CARD.md").read_text()
+    chosen = json.loads((models_dir / "ensemble.json").read_text())
+    acc = chosen["val_accuracy"]
+    best = max(["cnn", "mobilenet"], key=acc.get)
+    expected = "ensemble" if acc["ensemble"] > acc[best] else best
+    assert chosen["default_model"] == expected == report["models"]["ensemble"]["default_model"]
     assert "accuracy" in evaluate.plain_summary(report) or "correct on" in evaluate.plain_summary(
         report
     )
