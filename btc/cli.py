@@ -79,14 +79,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from btc.config import CLASS_NAMES
 
         fields = ["file", "ok", "error", "model", "class", "confidence", "runner_up"]
+        status = ["status", "ood_score", "ood_threshold", "confidence_threshold", "status_note"]
         series = ["input", "series", "kind", "tumour_probability", "key_slice", "agreeing_slices"]
-        writer = csv.DictWriter(
-            sys.stdout, fields + [f"p_{c}" for c in CLASS_NAMES] + series, extrasaction="ignore"
-        )
+        writer = csv.DictWriter(sys.stdout, fields + [f"p_{c}" for c in CLASS_NAMES] + status + series,
+                                extrasaction="ignore")  # fmt: skip
         writer.writeheader()
         for rec in records:
             probs = {f"p_{c}": p for c, p in rec.get("probabilities", {}).items()}
-            writer.writerow({**rec, **probs})
+            limits = rec.get("thresholds") or {}
+            writer.writerow({**rec, **probs, "ood_threshold": limits.get("ood"),
+                             "confidence_threshold": limits.get("confidence")})  # fmt: skip
     return 0 if any(r["ok"] for r in records) else 1
 
 
@@ -100,6 +102,9 @@ def _write_saliency(records: list[dict], models: dict, args: argparse.Namespace)
         if not rec["ok"] or "image" not in rec:  # failed, or a series summary
             continue
         image = rec.pop("image")
+        if rec.get("status") == "out_of_distribution":  # not a brain MRI: no map to explain
+            rec["saliency_png"] = None
+            continue
         saliency = predict.saliency_for({**rec, "image": image}, models, args.method)
         path = out / f"{predict.record_stem(rec)}_{args.method}.png"
         plots.saliency_overlay(image, {args.method: saliency},
@@ -180,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="classify scans with trained models (one JSON/CSV record per file)",
         description="Classify JPEG/PNG scans and MR DICOM (detected by content). One record per "
         "file, per DICOM frame and per slice of a DICOM folder, plus a kind=series record per "
-        "series; a bad file gets ok=false and an error. Exit code 0 when at least one file was "
+        "series; a bad file gets ok=false and an error. Every record has a status: predicted, "
+        "uncertain (refer to a radiologist) or out_of_distribution (not a brain MRI slice; the "
+        "class is flagged as meaningless), with ood_score and the thresholds. Exit code 0 when at least one file was "
         "predicted, 1 when none could be, 2 when no model is available. Research decision support, not a diagnosis.",
     )
     p.add_argument("images", nargs="+", help="JPEG, PNG or MR DICOM files, or DICOM folders")

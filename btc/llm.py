@@ -5,6 +5,11 @@ Facts in, text out: this module imports no TensorFlow. The API key is read from 
 never printed or logged. Images are sent only when the user opts in (`share_images=True`) and
 then only as freshly encoded pixels: no file name, no metadata. Without a key, or when the call
 fails, a deterministic template built from the same facts is returned, labelled as such.
+
+The facts carry the prediction's status (`btc.ood`). An image rejected as out of distribution is
+never explained as a finding: its explanation is a fixed refusal (Gemini is not asked), and the
+chat is told only that the image was rejected and why, without class, probabilities or saliency.
+An uncertain prediction is explained as an abstention: refer to a radiologist.
 """
 
 from __future__ import annotations
@@ -38,7 +43,17 @@ SYSTEM_INSTRUCTION = (
     "support, not a diagnosis: say so once. Use only the facts given; state the calibrated "
     "confidence and the runner-up class; describe highlighted regions exactly as given (the "
     "saliency map shows what the model used, not where a tumour is). Be concise (at most 120 "
-    "words). Decline to give treatment or management advice and refer to the care team."
+    "words). Decline to give treatment or management advice and refer to the care team. "
+    "If the status is REJECTED, the image is not a brain MRI slice as far as the classifier can "
+    "tell: never describe a tumour, class or finding in it. If the status is UNCERTAIN, the "
+    "classifier abstains: present no class as the answer; the scan needs a radiologist's reading."
+)
+STATUSES = ("predicted", "uncertain", "out_of_distribution")  # as btc.ood (no TensorFlow here)
+REJECTED_TEXT = (
+    "This does not look like a brain MRI slice{reason}, so btc did not analyse it: it was "
+    "trained on 2-D brain MRI slices only and its output for other images is meaningless. "
+    "No tumour finding can be read from this result. Upload a brain MRI slice (JPEG/PNG or MR "
+    "DICOM); if this is one, ask a radiologist to read it."
 )
 
 
@@ -53,6 +68,9 @@ class Facts:
         saliency_method: Saliency method used for the map.
         saliency: Output of `btc.explain.describe_map` (region, shares); may be empty.
         colormap: Colormap of the displayed overlay.
+        status: `"predicted"`, `"uncertain"` or `"out_of_distribution"` (`btc.ood`).
+        ood_reason: Why an image was rejected (e.g. `"colour image"`).
+        confidence_threshold: The confidence below which the classifier abstains.
     """
 
     predicted: str
@@ -61,6 +79,25 @@ class Facts:
     saliency_method: str = "gradcam"
     saliency: dict = dataclasses.field(default_factory=dict)
     colormap: str = "jet"
+    status: str = "predicted"
+    ood_reason: str | None = None
+    confidence_threshold: float | None = None
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"`status` must be one of {list(STATUSES)}. Received: status={self.status!r}")  # fmt: skip
+
+    @classmethod
+    def from_record(cls, record: dict, model: str, method: str = "gradcam",
+                    saliency: dict | None = None, colormap: str = "jet") -> Facts:  # fmt: skip
+        """The facts of a `btc.predict` record (status and thresholds included)."""
+        return cls(record["class"], record["probabilities"], model, method, saliency or {},
+                   colormap, record.get("status", "predicted"), record.get("ood_reason"),
+                   (record.get("thresholds") or {}).get("confidence"))  # fmt: skip
+
+    @property
+    def rejected(self) -> bool:
+        return self.status == "out_of_distribution"
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -109,10 +146,38 @@ def describe_saliency(facts: Facts) -> str:
     )
 
 
+def _reason(facts: Facts) -> str:
+    return f" ({facts.ood_reason})" if facts.ood_reason else ""
+
+
+def _abstention(facts: Facts) -> str:
+    limit = f" {facts.confidence_threshold:.1%}" if facts.confidence_threshold is not None else ""
+    return (
+        f"Status: UNCERTAIN — the classifier abstains: its calibrated confidence "
+        f"({facts.confidence:.1%}) is below the threshold{limit} fitted on validation scans for a "
+        "low error rate, so it gives no answer and the scan should be read by a radiologist."
+    )
+
+
 def build_prompt(facts: Facts) -> str:
-    """The user prompt: the facts only (no file name, no patient data)."""
+    """The user prompt: the facts only (no file name, no patient data).
+
+    A rejected image's prompt holds only the rejection: no class, probability or saliency.
+    """
+    if facts.rejected:
+        return (
+            f"Status: REJECTED — the input does not look like a brain MRI slice{_reason(facts)}. "
+            "The classifier's output is meaningless for it and is withheld. Explain briefly that "
+            "the image was not analysed and no finding can be read from it."
+        )
     runner, runner_p = facts.runner_up
     probs = ", ".join(f"{CLASS_WORDS.get(c, c)} {p:.1%}" for c, p in facts.ranked)
+    if facts.status == "uncertain":
+        return (
+            f"Classifier: {facts.model}. {_abstention(facts)} For transparency only, its "
+            f"probabilities were: {probs}. {describe_saliency(facts)} Explain for a clinician "
+            "that the classifier abstained on this scan; do not present any class as the answer."
+        )
     return (
         f"Classifier: {facts.model}. Predicted class: {CLASS_WORDS.get(facts.predicted, facts.predicted)} "
         f"with calibrated probability {facts.confidence:.1%} ({confidence_words(facts.confidence)} "
@@ -124,7 +189,16 @@ def build_prompt(facts: Facts) -> str:
 
 def template_explanation(facts: Facts) -> str:
     """A deterministic explanation from the same facts, for when Gemini is unavailable."""
+    if facts.rejected:
+        return f"[{TEMPLATE_LABEL}]\n" + REJECTED_TEXT.format(reason=_reason(facts))
     runner, runner_p = facts.runner_up
+    if facts.status == "uncertain":
+        return (
+            f"[{TEMPLATE_LABEL}]\nUncertain: refer to a radiologist. {_abstention(facts)} Its most "
+            f"probable class was {CLASS_WORDS.get(facts.predicted, facts.predicted)} "
+            f"({facts.confidence:.1%}), then {CLASS_WORDS.get(runner, runner)} ({runner_p:.1%}): "
+            "not a result. This is research decision support, not a diagnosis."
+        )
     return (
         f"[{TEMPLATE_LABEL}]\n"
         f"The {facts.model} model suggests **{CLASS_WORDS.get(facts.predicted, facts.predicted)}** with a "
@@ -223,8 +297,12 @@ def explain(
         retries: Bounded retries when the client is made here.
 
     Returns:
-        An `Explanation`; `source="template"` whenever Gemini was not used.
+        An `Explanation`; `source="template"` whenever Gemini was not used. A rejected image
+        (`facts.status == "out_of_distribution"`) always gets the fixed refusal: Gemini is not
+        asked and no image is sent.
     """
+    if facts.rejected:
+        return Explanation(template_explanation(facts), "template")
     client = client or make_client(timeout_s, retries)
     if client is None:
         return Explanation(template_explanation(facts), "template", "no GEMINI_API_KEY set")

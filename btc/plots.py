@@ -285,3 +285,26 @@ def sanity_curves(table: pd.DataFrame, title: str = "", path=None) -> plt.Figure
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)
+
+
+def risk_coverage(curves: dict, points: dict, target_error: float, path=None) -> plt.Figure:
+    """Risk–coverage curves: error rate of the answered test scans against the share answered.
+
+    Args:
+        curves: `{name: (coverage, risk)}` (`btc.ood.risk_coverage`, most confident first).
+        points: `{name: btc.ood.selective_metrics(...)}`; a dot marks each operating point.
+        target_error: The error rate the confidence thresholds were fitted for (dashed line).
+        path: Where to save the PNG.
+    """
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    for name, (coverage, risk) in curves.items():
+        p = points[name]
+        (line,) = ax.step(coverage, risk, where="post", label=f"{name} (AURC {p['aurc']:.3f})")
+        if p["accuracy_at_coverage"] is not None:
+            ax.plot(p["coverage"], 1 - p["accuracy_at_coverage"], "o", color=line.get_color())
+    ax.axhline(target_error, ls="--", lw=0.8, c="gray", label=f"target error {target_error:.0%}")
+    ax.set(xlabel="coverage (share of test scans answered)", ylabel="error rate of answered scans",
+           xlim=(0, 1), ylim=(0, None), title="Selective prediction (dots: fitted thresholds)")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)

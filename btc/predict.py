@@ -4,6 +4,8 @@ Images go through exactly the tf.data preprocessing of training (decode by conte
 → pad to square → resize → [0, 1] → 3 channels). Probabilities are temperature-scaled with the
 temperature stored in each model's metadata; the ensemble is soft voting over the calibrated
 members with the weights `03_evaluate` fitted (`models/ensemble.json`), else equal weights.
+Every record carries a `status` (`btc.ood`): `"predicted"`, `"uncertain"` (refer to a
+radiologist) or `"out_of_distribution"` (not a brain MRI slice: the class is not meaningful).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc import data, dicom
+from btc import data, dicom, ood
 from btc.config import CLASS_NAMES, MODELS_DIR
 from btc.evaluate import apply_temperature, ensemble, trained_model_names
 
@@ -44,6 +46,12 @@ class LoadedModel:
     model: object
     metadata: dict
     runtime: str = "keras"
+    ood: dict = dataclasses.field(default_factory=lambda: {"available": False})
+
+    @functools.cached_property
+    def feature_model(self):
+        """The Keras model returning the features the OOD score needs (built once)."""
+        return ood.feature_model(self.model, self.metadata)
 
     @functools.cached_property
     def explainer(self):
@@ -88,14 +96,20 @@ def load_models(
         if not names:
             raise FileNotFoundError(f"No model exported with quantize={quantize!r} in "
                                     f"{str(models_dir)!r}: run `btc export` first")  # fmt: skip
-        return {n: LoadedModel(n, *export.load_litert(n, quantize, models_dir), runtime="litert")
-                for n in names}  # fmt: skip
-    from btc import train
+        loaded = {n: LoadedModel(n, *export.load_litert(n, quantize, models_dir), runtime="litert")
+                  for n in names}  # fmt: skip
+    else:
+        from btc import train
 
-    names = list(names or trained_model_names(models_dir))
-    if not names:
-        raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
-    return {n: LoadedModel(n, *train.load_trained(n, models_dir)) for n in names}
+        names = list(names or trained_model_names(models_dir))
+        if not names:
+            raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
+        loaded = {n: LoadedModel(n, *train.load_trained(n, models_dir)) for n in names}
+    ensemble_thresholds = ood.load_ensemble(models_dir)
+    for m in loaded.values():  # OOD statistics and thresholds fitted by 03_evaluate, if any
+        m.ood = ood.load_stats(m.name, models_dir, runtime, m.metadata.get("temperature", 1.0))
+        m.ood["ensemble"] = ensemble_thresholds
+    return loaded
 
 
 def ensemble_weights(models: dict, models_dir: str | Path = MODELS_DIR) -> dict[str, float]:
@@ -226,7 +240,12 @@ def predict(
         class order), `model`, `per_model` (each member's record), `image` (the preprocessed
         array of the first model's size), `input` (file name or index; `file.dcm#frame3`
         for a frame) and, for DICOM, `dicom` (technical facts only, no patient data); `runtime`,
-        and for LiteRT `quantize` and `saliency_note` (maps need the `.keras` model).
+        and for LiteRT `quantize` and `saliency_note` (maps need the `.keras` model). Every
+        record (and member record) has `status` (`"predicted"`, `"uncertain"` or
+        `"out_of_distribution"`: the class is then reported but not meaningful), `ood_score`,
+        `thresholds` (OOD and confidence, fitted on validation), `ood_reason` and `status_note`
+        (e.g. OOD checking unavailable for models without fitted statistics: status
+        `"predicted"`; LiteRT: status from the confidence threshold only).
 
     Raises:
         ValueError: On an unknown model name, or a `runtime` that `models` do not have.
@@ -253,27 +272,53 @@ def predict(
     encoded = [item for i, img in enumerate(images)
                for item in expand_input(img, names[i] if names else f"image {i}")]  # fmt: skip
     per_model: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}  # each member's scaled OOD feature score
     arrays: dict[int, np.ndarray] = {}
     for name in members:
-        meta = models[name].metadata
+        meta, loaded = models[name].metadata, models[name]
         size = meta["image_size"]
         if size not in arrays:
             arrays[size] = np.stack([preprocess(raw, size) for raw, *_ in encoded])
-        batches = [arrays[size][i : i + 64] for i in range(0, len(arrays[size]), 64)]
-        # predict_on_batch runs the compiled graph: ~10 ms for one image vs ~130 ms eager
-        raw_probs = np.concatenate([models[name].model.predict_on_batch(b) for b in batches])
+        if runtime == "keras" and loaded.ood.get("available"):
+            out = ood.forward(loaded.model, loaded.feature_model, arrays[size])  # one pass
+            raw_probs, scores[name] = out["probs"], ood.feature_score(out, loaded.ood)
+        else:
+            batches = [arrays[size][i : i + 64] for i in range(0, len(arrays[size]), 64)]
+            # predict_on_batch runs the compiled graph: ~10 ms for one image vs ~130 ms eager
+            raw_probs = np.concatenate([loaded.model.predict_on_batch(b) for b in batches])
         probs = apply_temperature(raw_probs, meta.get("temperature", 1.0))
         order = [meta["class_names"].index(c) for c in CLASS_NAMES]  # canonical order
         per_model[name] = probs[:, order]
     weights = ensemble_weights({n: models[n] for n in members}, models_dir)
     combined = ensemble([per_model[n] for n in members], [weights[n] for n in members])
     first = arrays[next(iter(arrays))]
-    return [
-        {**_record(combined[i], CLASS_NAMES), "model": model, "input": name,
-         "per_model": {n: _record(per_model[n][i], CLASS_NAMES) for n in members},
-         "image": first[i], **extra, **({"dicom": info} if info else {})}
-        for i, (_, name, info) in enumerate(encoded)
-    ]  # fmt: skip
+    colours = [ood.colour_fraction(raw) for raw, *_ in encoded]
+    records = []
+    for i, (_, name, info) in enumerate(encoded):
+        member_records = {n: _record(per_model[n][i], CLASS_NAMES) for n in members}
+        for n, rec in member_records.items():
+            stats = models[n].ood
+            rec.update(ood.assess(stats.get("info"), rec["confidence"],
+                                  scores[n][i] if n in scores else None, colours[i], stats.get("note")))  # fmt: skip
+        top = _record(combined[i], CLASS_NAMES)
+        top.update(member_records[model] if model != ENSEMBLE else
+                   _ensemble_status(models, members, scores, i, top["confidence"], colours[i]))  # fmt: skip
+        records.append({**top, "model": model, "input": name, "per_model": member_records,
+                        "image": first[i], **extra, **({"dicom": info} if info else {})})  # fmt: skip
+    return records
+
+
+def _ensemble_status(models, members, scores, i, confidence, colour) -> dict:
+    """The ensemble's status fields: its own thresholds, the mean of its members' scores."""
+    missing = [models[n].ood.get("note") for n in members if not models[n].ood.get("available")]
+    info = models[members[0]].ood.get("ensemble")
+    info = None if missing or not info or sorted(info["members"]) != sorted(members) else info
+    note = "; ".join(missing) or (None if info else "OOD checking unavailable: no thresholds "
+                                  "fitted for this ensemble (run 03_evaluate)")  # fmt: skip
+    feature = (
+        float(np.mean([scores[n][i] for n in members])) if len(scores) == len(members) else None
+    )
+    return ood.assess(info, confidence, feature, colour, note or models[members[0]].ood.get("note"))
 
 
 def predict_files(paths: Sequence[str | Path], model: str = ENSEMBLE, models: dict | None = None,
@@ -283,7 +328,8 @@ def predict_files(paths: Sequence[str | Path], model: str = ENSEMBLE, models: di
 
     A multi-frame DICOM gives a record per frame, a folder a record per file with its DICOM
     slices in series order; each series (or multi-frame file) is followed by a `kind="series"`
-    record (`btc.dicom.series_summary`). `keep_image=True` keeps each record's preprocessed
+    record (`btc.dicom.series_summary` over the slices not rejected as out of distribution,
+    with the key slice's `status`). `keep_image=True` keeps each record's preprocessed
     `image` (for saliency maps). `runtime` and `quantize` choose the models loaded when
     `models` is omitted (see `load_models`).
     """
@@ -310,10 +356,22 @@ def predict_files(paths: Sequence[str | Path], model: str = ENSEMBLE, models: di
                 label = label or Path(path).name
                 for rec in slices:
                     rec["series"] = label
-                summary = dicom.series_summary(slices, label)
-                records.append({"file": str(path), "ok": summary["ok"], "error": summary["error"],
-                                **summary, "model": model})  # fmt: skip
+                records.append({"file": str(path), **_series_record(slices, label), "model": model})
     return records
+
+
+def _series_record(slices: list[dict], label: str) -> dict:
+    """The series summary from the slices not rejected as out of distribution, with a status."""
+    rejected = [r for r in slices if r.get("status") == "out_of_distribution"]
+    accepted = [r for r in slices if r.get("status") != "out_of_distribution"]
+    summary = dicom.series_summary(accepted or slices, label)
+    key = next(
+        (r for r in slices if summary.get("key_slice") == r.get("input") and r.get("ok")), {}
+    )
+    status = "out_of_distribution" if not accepted and rejected else key.get("status")
+    return {"ok": summary["ok"], "error": summary["error"], **summary,
+            "rejected_slices": len(rejected), **({"status": status} if status else {}),
+            "thresholds": key.get("thresholds")}  # fmt: skip
 
 
 def record_stem(record: dict) -> str:

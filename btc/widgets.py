@@ -20,6 +20,49 @@ from btc.config import CLASS_NAMES, MANIFEST_PATH, RESULTS_DIR, write_json_atomi
 BOLD = " style='font-weight:bold'"
 UPLOAD_ACCEPT = ".jpg,.jpeg,.png,.dcm,image/jpeg,image/png,application/dicom"
 DISCLAIMER = "Research decision support — not a diagnosis. Discuss every scan with the care team."
+OOD_BANNER = "This does not look like a brain MRI slice"
+UNCERTAIN_BANNER = "Uncertain: refer to a radiologist"
+_BANNER_STYLE = "padding:8px 10px;margin:4px 0;font-weight:bold;border-radius:4px;border:2px solid "
+
+
+def status_banner(record: dict) -> str:
+    """HTML for a prediction's status: a red banner for a rejected image, amber when uncertain."""
+    status, note = record.get("status", "predicted"), record.get("status_note")
+    conf = f"{record['confidence']:.1%}"
+    threshold = (record.get("thresholds") or {}).get("confidence")
+    if status == "out_of_distribution":
+        reason = f" ({record['ood_reason']})" if record.get("ood_reason") else ""
+        html_ = (
+            f"<div class='btc-banner btc-ood' style='{_BANNER_STYLE}#c00;background:#f8d7da'>"
+            f"{OOD_BANNER}{html.escape(reason)} — it was not analysed.</div><div class='btc-result'>"
+            f"<i>The classifier's output is not meaningful for this image and is shown only for "
+            f"reference: {llm.CLASS_WORDS[record['class']]} {conf} (flagged).</i></div>"
+        )
+    elif status == "uncertain":
+        limit = f", below the threshold {threshold:.1%}" if threshold is not None else ""
+        html_ = (
+            f"<div class='btc-banner btc-uncertain' style='{_BANNER_STYLE}#e0a800;background:#fff3cd'>"
+            f"{UNCERTAIN_BANNER}.</div><div class='btc-result'>The model is not confident enough to "
+            f"answer: most probable {llm.CLASS_WORDS[record['class']]} at {conf}{limit} fitted on "
+            f"validation scans for a low error rate. <i>{DISCLAIMER}</i></div>"
+        )
+    else:
+        words = llm.confidence_words(record["confidence"])
+        html_ = (
+            f"<div class='btc-result'><b>Prediction: {llm.CLASS_WORDS[record['class']]}</b> — "
+            f"{conf} calibrated probability ({words} confidence); runner-up "
+            f"{llm.CLASS_WORDS[record['runner_up']]} {record['runner_up_probability']:.1%}. "
+            f"<i>{DISCLAIMER}</i></div>"
+        )
+    return html_ + (f"<small class='btc-status-note'>{html.escape(note)}</small>" if note else "")
+
+
+def _scan_only(image: np.ndarray, title: str):
+    fig, ax = plots.plt.subplots(figsize=(3.1, 3.3))
+    ax.imshow(np.asarray(image)[..., 0], cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return fig
 
 
 def probability_bars(probabilities: dict[str, float], predicted: str) -> str:
@@ -155,12 +198,14 @@ class PredictApp:
         self.series.value, self.slice.layout.display = "", "none"
         if len(self.records) < 2:
             return 0
-        summary = dicom.series_summary(self.records)
+        accepted = [r for r in self.records if r.get("status") != "out_of_distribution"]
+        summary = dicom.series_summary(accepted or self.records)  # never a rejected slice's answer
         key = next(i for i, r in enumerate(self.records) if r["input"] == summary["key_slice"])
         answer = llm.CLASS_WORDS[summary["class"]]
         rows = "".join(
             f"<tr{BOLD if i == key else ''}><td>{i + 1}</td>"
-            f"<td>{html.escape(r['input'])}</td><td>{llm.CLASS_WORDS[r['class']]}</td>"
+            f"<td>{html.escape(r['input'])}</td><td>{llm.CLASS_WORDS[r['class']]}"
+            f"{'' if r.get('status', 'predicted') == 'predicted' else ' (' + r['status'] + ')'}</td>"
             f"<td>{r['confidence']:.1%}</td><td>{1 - r['probabilities']['notumor']:.1%}</td></tr>"
             for i, r in enumerate(self.records)
         )
@@ -189,21 +234,23 @@ class PredictApp:
             self.show_record(self.records[change["new"]])
 
     def show_record(self, record: dict) -> dict:
-        """Show one prediction: result, bars, saliency overlay and explanation."""
-        saliency = predict.saliency_for(record, self.models, self.method.value)
+        """Show one prediction: status banner, result, bars, saliency overlay and explanation.
+
+        A rejected image (out of distribution) gets no saliency map and a fixed explanation.
+        """
         self.record = record
-        self.facts = llm.Facts(record["class"], record["probabilities"], self.model.value,
-                               self.method.value, explain.describe_map(saliency), self.colormap)  # fmt: skip
-        words = llm.confidence_words(record["confidence"])
-        self.result.value = (
-            f"<div class='btc-result'><b>Prediction: {llm.CLASS_WORDS[record['class']]}</b> — "
-            f"{record['confidence']:.1%} calibrated probability ({words} confidence); runner-up "
-            f"{llm.CLASS_WORDS[record['runner_up']]} {record['runner_up_probability']:.1%}. "
-            f"<i>{DISCLAIMER}</i></div>"
+        rejected = record.get("status") == "out_of_distribution"
+        saliency = (
+            None if rejected else predict.saliency_for(record, self.models, self.method.value)
         )
+        described = {} if saliency is None else explain.describe_map(saliency)
+        self.facts = llm.Facts.from_record(record, self.model.value, self.method.value, described,
+                                           self.colormap)  # fmt: skip
+        self.result.value = status_banner(record)
         self.bars.value = probability_bars(record["probabilities"], record["class"])
-        fig = plots.saliency_overlay(record["image"], {self.method.value: saliency},
-                                     f"{self.model.value}: {record['class']}", cmap=self.colormap)  # fmt: skip
+        fig = (_scan_only(record["image"], f"not analysed: {OOD_BANNER.lower()}") if rejected else
+               plots.saliency_overlay(record["image"], {self.method.value: saliency},
+                                      f"{self.model.value}: {record['class']}", cmap=self.colormap))  # fmt: skip
         self.overlay.value = plots.to_png(fig)
         # burned-in annotation may carry patient text in the pixels: never send those images
         share = self.share.value and not (record.get("dicom") or {}).get("burned_in_annotation")
@@ -249,10 +296,12 @@ def run_batch(
     """Predict files non-interactively; write predictions, overlays and explanations.
 
     Writes `results/04_predict/predictions.json`, `<file>_<method>.png` overlays and
-    `explanations.md`. Bad files are reported in the table and skipped.
+    `explanations.md`. Bad files are reported in the table and skipped; images rejected as out of
+    distribution get no saliency map and the fixed refusal as their explanation.
 
     Returns:
-        One row per file: file, ok, error, class, confidence, runner-up, explanation source.
+        One row per file: file, ok, error, status, class, confidence, runner-up, explanation
+        source.
     """
     models = models or predict.load_models()
     client = client if client is not None else llm.make_client()
@@ -262,17 +311,18 @@ def run_batch(
         if not rec["ok"] or "image" not in rec:  # failed, or a series summary
             continue
         image = rec.pop("image")
-        saliency = predict.saliency_for({**rec, "image": image}, models, method)
-        stem = predict.record_stem(rec)
-        plots.saliency_overlay(image, {method: saliency},
-                               f"{rec['class']} ({rec['confidence']:.0%} calibrated) — {model}",
-                               path=out / f"{stem}_{method}.png")  # fmt: skip
-        plots.plt.close("all")
-        facts = llm.Facts(
-            rec["class"], rec["probabilities"], model, method, explain.describe_map(saliency)
-        )
+        described = {}
+        if rec.get("status") != "out_of_distribution":
+            saliency = predict.saliency_for({**rec, "image": image}, models, method)
+            plots.saliency_overlay(image, {method: saliency},
+                                   f"{rec['class']} ({rec['confidence']:.0%} calibrated) — {model}",
+                                   path=out / f"{predict.record_stem(rec)}_{method}.png")  # fmt: skip
+            plots.plt.close("all")
+            described = explain.describe_map(saliency)
+        facts = llm.Facts.from_record(rec, model, method, described)
         share = share_images and not (rec.get("dicom") or {}).get("burned_in_annotation")
-        result = llm.explain(facts, [image, saliency] if share else [], share, gemini_model, client)
+        shared = [image, saliency] if share and described else []
+        result = llm.explain(facts, shared, share, gemini_model, client)
         rec.update(
             explanation=result.text, explanation_source=result.source, saliency=facts.saliency
         )
@@ -283,7 +333,8 @@ def run_batch(
     write_text_atomic(
         out / "explanations.md", f"# Explanations\n\n_{DISCLAIMER}_\n\n" + "\n".join(texts)
     )
-    cols = ["file", "ok", "error", "class", "confidence", "runner_up", "explanation_source"]
+    cols = ["file", "ok", "error", "status", "class", "confidence", "runner_up",
+            "explanation_source"]  # fmt: skip
     return pd.DataFrame(records).reindex(columns=cols)
 
 

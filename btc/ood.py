@@ -1,0 +1,424 @@
+"""Refuse what is not a brain MRI slice; abstain when unsure (OOD rejection, selective prediction).
+
+Every prediction gets one of three statuses: `"out_of_distribution"` (the input does not look like
+the training scans: not analysed), `"uncertain"` (a brain MRI slice, but the calibrated confidence
+is below the threshold fitted for a target error rate: refer to a radiologist) or `"predicted"`.
+
+OOD score candidates, computed from the trained model: `mahalanobis_pool` / `mahalanobis_dense`
+(the smallest Mahalanobis distance of the pooled last-conv features / the penultimate dense
+features to the class means, with one shared Ledoit–Wolf covariance fitted on the train split;
+Lee et al., 2018, without their input perturbation and OOD-tuned layer weights), `energy`
+(−logsumexp of the logits; Liu et al., 2020) and `msp` (1 − maximum softmax probability;
+Hendrycks & Gimpel, 2017). Each is scaled by its validation distribution (0 = median, 1 = the
+`accept_rate` quantile) and combined with a colour check (MRI is grayscale: an image with more than
+`COLOUR_FRACTION` of its pixels coloured is not a scan) by taking the maximum. The method is chosen
+per model by AUROC on the *selection* part (validation and external-train brain scans against
+synthetic, bundled and half of the OOD folder's images); numbers are reported on the rest.
+Thresholds come from the validation split only. The fitting and the report live in `btc.oodeval`
+(called by 03_evaluate).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import stats
+from sklearn import metrics as skm
+
+from btc import config, data
+from btc.config import MODELS_DIR
+
+METHODS = ("mahalanobis_pool", "mahalanobis_dense", "energy", "msp")
+STATUSES = ("predicted", "uncertain", "out_of_distribution")
+COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B exceeds 10 % of the range
+# an image is in colour when more than 10 % of its pixels are: Kaggle and Br35H scans stay below
+# 5 % (JPEG chroma noise), the colour photographs and figures of ood-dev exceed 19 %
+COLOUR_FRACTION = 0.10
+STATS_FILE, THRESHOLDS_FILE, ENSEMBLE_FILE = "ood.npz", "ood.json", "ensemble_ood.json"
+UNAVAILABLE = "OOD checking unavailable: no fitted statistics for {} (run 03_evaluate)"
+LITERT_NOTE = ("LiteRT: status from the confidence threshold only (the OOD score needs the Keras "
+               "model's features)")  # fmt: skip
+
+
+# --- scores --------------------------------------------------------------------------------------
+
+
+def colour_fraction(raw: bytes) -> float:
+    """Share of pixels whose chroma (max − min of R, G, B) exceeds `COLOUR_CHROMA`.
+
+    Args:
+        raw: Encoded image bytes, before the grayscale conversion of the pipeline.
+
+    Returns:
+        A share in [0, 1]; 0 for grayscale files (an RGB file of a gray scan is near 0 too).
+    """
+    with Image.open(io.BytesIO(raw)) as img:
+        img.draft("RGB", (256, 256))
+        if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+            return 0.0
+        rgb = img.convert("RGB")
+    rgb.thumbnail((256, 256))
+    arr = np.asarray(rgb, dtype=np.int16)
+    return float(np.mean(arr.max(-1) - arr.min(-1) > COLOUR_CHROMA * 255))
+
+
+def feature_model(model, metadata: dict):
+    """The features the OOD scores need, from a trained flat functional model.
+
+    Args:
+        model: A `btc.models` Keras model (softmax layer named `predictions`).
+        metadata: Its metadata (`gradcam_layer`: the last convolutional feature layer).
+
+    Returns:
+        A Keras model mapping images to `[pooled last-conv features (n, c), penultimate
+        features (n, d), softmax (n, classes)]`, sharing the trained weights.
+    """
+    import keras
+
+    conv = model.get_layer(metadata["gradcam_layer"]).output
+    pooled = keras.layers.GlobalAveragePooling2D(name="ood_pool")(conv)
+    return keras.Model(
+        model.inputs, [pooled, model.get_layer("predictions").input, model.outputs[0]]
+    )
+
+
+def forward(model, fmodel, images, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Run `feature_model` over images in one pass.
+
+    Args:
+        model: The trained model (its `predictions` weights give the logits).
+        fmodel: `feature_model(model, metadata)`.
+        images: `(n, size, size, 3)` float32 array in [0, 1], or a dataset of `(x, y)` batches.
+        batch_size: Batch size for an array.
+
+    Returns:
+        `pool`, `dense`, `logits` and `probs` (uncalibrated softmax), each `(n, ...)`.
+    """
+    batches = ([images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+               if isinstance(images, np.ndarray) else (x for x, _ in images))  # fmt: skip
+    outs = [fmodel.predict_on_batch(b) for b in batches]
+    pool, dense, probs = (np.concatenate([o[i] for o in outs]).astype(np.float32) for i in range(3))
+    kernel, bias = model.get_layer("predictions").get_weights()
+    return {"pool": pool, "dense": dense, "probs": probs, "logits": dense @ kernel + bias}
+
+
+def fit_gaussian(features: np.ndarray, labels: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Class means and one shared covariance (Ledoit–Wolf shrinkage), as Lee et al. (2018).
+
+    Args:
+        features: `(n, d)` train-split features.
+        labels: `(n,)` integer labels in `[0, k)`.
+        k: Number of classes (a class absent from `labels` is skipped).
+
+    Returns:
+        `whiten` `(d, d)` (Cholesky factor of the precision) and `means_w` `(k, d)` (the whitened
+        class means), so that the squared Mahalanobis distance is `‖f·whiten − means_w‖²`.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    present = [c for c in range(k) if np.any(labels == c)]
+    means = np.stack([features[labels == c].mean(0) for c in present])
+    centred = features - means[np.searchsorted(present, labels)]
+    precision = LedoitWolf().fit(centred).precision_
+    whiten = np.linalg.cholesky((precision + precision.T) / 2)  # d² = ‖(f − μ) L‖²
+    return {"means_w": (means @ whiten).astype(np.float32), "whiten": whiten.astype(np.float32)}
+
+
+def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
+    """Every candidate method's raw score.
+
+    Args:
+        out: `forward` output.
+        stats_arrays: `pool_*` and `dense_*` arrays of `fit_gaussian` (`ood.npz`).
+
+    Returns:
+        `{method: (n,)}` for every method in `METHODS`; higher = less like the training scans.
+    """
+    scores = {}
+    for part in ("pool", "dense"):
+        z = out[part] @ stats_arrays[f"{part}_whiten"]
+        d2 = ((z[:, None, :] - stats_arrays[f"{part}_means_w"][None]) ** 2).sum(-1)
+        scores[f"mahalanobis_{part}"] = d2.min(1)
+    logits = out["logits"].astype(np.float64)
+    top = logits.max(1)
+    scores["energy"] = -(top + np.log(np.exp(logits - top[:, None]).sum(1)))
+    scores["msp"] = 1.0 - out["probs"].max(1)
+    return scores
+
+
+def normalise(score: np.ndarray, scale: dict) -> np.ndarray:
+    """Scale a raw score by its validation statistics: 0 = median, 1 = the accept quantile."""
+    return (np.asarray(score) - scale["median"]) / scale["spread"]
+
+
+def combine(feature_score: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """The OOD score: the larger of the scaled feature score and the scaled colour share."""
+    return np.maximum(feature_score, np.asarray(colour) / COLOUR_FRACTION)
+
+
+def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target_error: float = 0.02,
+                             min_answered: int | None = None) -> dict:  # fmt: skip
+    """The lowest confidence threshold whose answered validation scans err at most `target_error`.
+
+    Args:
+        confidence: `(n,)` calibrated top-class probabilities of OOD-accepted validation scans.
+        correct: `(n,)` whether each top class is right.
+        target_error: Highest error rate allowed among the answered scans.
+        min_answered: Fewest answered scans to trust the estimate; default `ceil(3 /
+            target_error)` (rule of three: even zero errors in fewer scans cannot show the rate).
+
+    Returns:
+        `threshold` (answer when confidence ≥ it; `None` if the target is never met),
+        `target_met`, `answered`, `coverage`, `risk` and its one-sided 95 % `risk_upper`.
+    """
+    config.check_range("target_error", target_error, 0.0, 1.0, low_inclusive=False)
+    n = len(confidence)
+    min_answered = math.ceil(3 / target_error) if min_answered is None else min_answered
+    order = np.argsort(-confidence, kind="stable")
+    conf, wrong = confidence[order], ~np.asarray(correct, bool)[order]
+    k = np.arange(1, n + 1)
+    risk = np.cumsum(wrong) / k
+    ends = np.r_[conf[1:] != conf[:-1], True]  # the last scan of each block of equal confidence
+    ok = np.flatnonzero(ends & (risk <= target_error) & (k >= min_answered))
+    if not len(ok):
+        return {"threshold": None, "target_met": False, "answered": 0, "coverage": 0.0,
+                "risk": None, "risk_upper": None, "n": n, "min_answered": min_answered}  # fmt: skip
+    i = ok[-1]
+    errors = int(np.sum(wrong[: i + 1]))
+    return {"threshold": round(float(conf[i]), 6), "target_met": True, "answered": int(i + 1),
+            "coverage": round((i + 1) / n, 6), "risk": round(float(risk[i]), 6),
+            "risk_upper": round(clopper_pearson(errors, i + 1)[1], 6), "n": n,
+            "min_answered": min_answered}  # fmt: skip
+
+
+def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold, target_met=True) -> str:  # fmt: skip
+    """The status of one prediction.
+
+    Args:
+        ood_score: Combined OOD score, or `None` when it cannot be computed (LiteRT).
+        ood_threshold: OOD threshold, or `None`.
+        confidence: Calibrated top-class probability.
+        confidence_threshold: Answer when `confidence` reaches it; `None` for no threshold.
+        target_met: Whether any confidence threshold met the target error on validation (if
+            not, every answer is uncertain).
+
+    Returns:
+        `"out_of_distribution"` above the OOD threshold, else `"uncertain"` below the confidence
+        threshold, else `"predicted"`.
+    """
+    if ood_score is not None and ood_threshold is not None and ood_score > ood_threshold:
+        return "out_of_distribution"
+    if not target_met or (confidence_threshold is not None and confidence < confidence_threshold):
+        return "uncertain"
+    return "predicted"
+
+
+# --- stored statistics ---------------------------------------------------------------------------
+
+
+def load_stats(name: str, models_dir: str | Path = MODELS_DIR, runtime: str = "keras",
+               temperature: float | None = None) -> dict:  # fmt: skip
+    """A model's fitted OOD statistics and thresholds, as stored by `btc.oodeval`.
+
+    Args:
+        name: Model name.
+        models_dir: Models folder (`<name>/ood.npz`, `<name>/ood.json`).
+        runtime: `"keras"`, or `"litert"` (thresholds only: no features to score).
+        temperature: The model's current calibration temperature.
+
+    Returns:
+        `{"available", "info" (ood.json), "arrays" (ood.npz), "note"}`. Not available (with a
+        note) when nothing was fitted, when `model.keras` changed since (hashed on each load),
+        or when the temperature changed (03 refits it: re-run the OOD section).
+    """
+    folder = Path(models_dir) / name
+    path = folder / THRESHOLDS_FILE
+    if not path.is_file() or not (folder / STATS_FILE).is_file():
+        return {"available": False, "note": UNAVAILABLE.format(name)}
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if temperature is not None and abs(info["temperature"] - temperature) > 1e-6:
+        return {"available": False, "note": f"OOD thresholds of {name} predate its calibration "
+                                             "temperature: re-run the OOD section of 03_evaluate"}  # fmt: skip
+    if runtime != "keras":
+        return {"available": True, "info": info, "arrays": None, "note": LITERT_NOTE}
+    if data.file_sha256(folder / "model.keras") != info["model_sha256"]:
+        return {"available": False, "note": f"OOD statistics of {name} are stale (model.keras "
+                                             "changed): re-run the OOD section of 03_evaluate"}  # fmt: skip
+    with np.load(folder / STATS_FILE) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return {"available": True, "info": info, "arrays": arrays, "note": None}
+
+
+def feature_score(out: dict, stats_: dict) -> np.ndarray:
+    """The scaled `(n,)` score of the model's chosen method for a `forward` output."""
+    method = stats_["info"]["method"]
+    return normalise(raw_scores(out, stats_["arrays"])[method], stats_["info"]["scales"][method])
+
+
+def load_ensemble(models_dir: str | Path = MODELS_DIR) -> dict | None:
+    """The ensemble's fitted thresholds (`models/ensemble_ood.json`, with its `members`), or `None`."""
+    path = Path(models_dir) / ENSEMBLE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def assess(info: dict | None, confidence: float, feature: float | None, colour: float,
+           note: str | None = None) -> dict:  # fmt: skip
+    """The status fields of one record: `status`, `ood_score`, `thresholds`, `status_note`.
+
+    Args:
+        info: Thresholds (a model's `ood.json` or the ensemble's), or `None` when unavailable.
+        confidence: Calibrated top-class probability.
+        feature: Scaled feature score (`None` without features, e.g. LiteRT).
+        colour: `colour_fraction` of the input.
+        note: Why something is unavailable.
+
+    Returns:
+        `status`, `ood_score` (`None` without features), `thresholds` (`ood`, `confidence`,
+        `method`, `target_error`, `accept_rate`, `fitted_on`), `ood_reason` and `status_note`.
+        Without `info`: status `"predicted"` and a note that OOD checking is unavailable.
+    """
+    if info is None:
+        return {"status": "predicted", "ood_score": None, "thresholds": None, "ood_reason": None,
+                "status_note": note or "OOD checking unavailable"}  # fmt: skip
+    score = None if feature is None else float(combine(feature, colour))
+    status = status_of(score, info["ood_threshold"], confidence, info["confidence_threshold"],
+                       info["target_met"])  # fmt: skip
+    if not info["target_met"] and status == "uncertain":
+        note = note or "no confidence threshold met the target error on validation"
+    thresholds = {"ood": None if feature is None else info["ood_threshold"],
+                  "confidence": info["confidence_threshold"], "method": info["method"],
+                  "target_error": info["target_error"], "accept_rate": info["accept_rate"],
+                  "fitted_on": "val"}  # fmt: skip
+    reason = None
+    if status == "out_of_distribution":
+        reason = "colour image" if colour / COLOUR_FRACTION > info["ood_threshold"] else (
+            "unlike the training scans")  # fmt: skip
+    return {"status": status, "ood_score": None if score is None else round(score, 4),
+            "thresholds": thresholds, "ood_reason": reason, "status_note": note}  # fmt: skip
+
+
+# --- evaluation helpers --------------------------------------------------------------------------
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) binomial CI of `k / n`, for rates over a handful of images.
+
+    A bootstrap of 5 of 5 collapses to [1, 1]; this interval stays honest at 0 and n.
+
+    Args:
+        k: Successes.
+        n: Trials (`(0, 1)` for none).
+        level: Confidence level.
+
+    Returns:
+        `(low, high)`.
+    """
+    if n == 0:
+        return (0.0, 1.0)
+    a = (1 - level) / 2
+    lo = stats.beta.ppf(a, k, n - k + 1) if k > 0 else 0.0
+    hi = stats.beta.ppf(1 - a, k + 1, n - k) if k < n else 1.0
+    return (float(lo), float(hi))
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """AUROC of telling OOD images (positives) from in-distribution ones by their score.
+
+    Args:
+        in_scores: `(n,)` scores of in-distribution images.
+        out_scores: `(m,)` scores of OOD images (higher should mean OOD).
+
+    Returns:
+        The area under the ROC curve (0.5 = chance, 1 = perfect).
+    """
+    y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    return float(skm.roc_auc_score(y, np.r_[in_scores, out_scores]))
+
+
+def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """FPR at `tpr` TPR, positives being in-distribution images (Liu et al., 2020).
+
+    Args:
+        in_scores: `(n,)` scores of in-distribution images.
+        out_scores: `(m,)` scores of OOD images.
+        tpr: Share of in-distribution images the threshold accepts.
+
+    Returns:
+        The share of OOD images still accepted at that threshold.
+    """
+    return float(np.mean(out_scores <= np.quantile(in_scores, tpr, method="higher")))
+
+
+def risk_coverage(score: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The risk–coverage curve (Geifman & El-Yaniv, 2017).
+
+    Args:
+        score: `(n,)` ranking score (answer the highest first), e.g. calibrated confidence.
+        correct: `(n,)` whether each answer is right.
+
+    Returns:
+        `(coverage, risk)`: for each distinct score, the share answered at or above it and the
+        error rate among those (ties are answered together).
+    """
+    order = np.argsort(-score, kind="stable")
+    s, wrong = score[order], ~np.asarray(correct, bool)[order]
+    k = np.arange(1, len(s) + 1)
+    ends = np.r_[s[1:] != s[:-1], True]
+    return k[ends] / len(s), (np.cumsum(wrong) / k)[ends]
+
+
+def selective_metrics(score: np.ndarray, correct: np.ndarray, answered: np.ndarray) -> dict:
+    """Selective-prediction numbers of one operating point and its whole curve.
+
+    Args:
+        score: `(n,)` ranking score (see `risk_coverage`).
+        correct: `(n,)` whether each answer is right.
+        answered: `(n,)` whether the product answers (status `"predicted"`).
+
+    Returns:
+        `aurc` (area under the risk–coverage curve), `coverage` and `accuracy_at_coverage` of
+        `answered`, and `coverage_at_99_accuracy` (the most answered at ≥ 99 % accuracy).
+    """
+    coverage, risk = risk_coverage(score, correct)
+    weights = np.diff(np.r_[0.0, coverage])  # each block of tied scores weighs its size
+    at99 = coverage[risk <= 0.01]
+    return {"aurc": float(np.sum(weights * risk)), "coverage": float(np.mean(answered)),
+            "accuracy_at_coverage": float(np.mean(correct[answered])) if answered.any() else None,
+            "coverage_at_99_accuracy": float(at99.max()) if len(at99) else 0.0}  # fmt: skip
+
+
+def bootstrap(fn, groups: Sequence[Sequence[np.ndarray]], n_resamples: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict:  # fmt: skip
+    """Percentile CIs of `fn(*arrays)` (a dict of numbers), each group resampled on its own.
+
+    Args:
+        fn: Statistic of the resampled arrays, returning `{name: number or None}`.
+        groups: Lists of aligned arrays; each list is resampled with one set of indices.
+        n_resamples: Bootstrap resamples.
+        seed: Resampling seed.
+        level: Confidence level.
+
+    Returns:
+        `{name: [low, high]}` (`[None, None]` when the statistic is never defined).
+    """
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_resamples):
+        args = []
+        for group in groups:
+            idx = rng.integers(0, len(group[0]), len(group[0]))
+            args += [np.asarray(a)[idx] for a in group]
+        draws.append(fn(*args))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out = {}
+    for key in draws[0]:
+        values = np.array([np.nan if d[key] is None else d[key] for d in draws], dtype=float)
+        ok = values[~np.isnan(values)]
+        out[key] = [round(float(v), 6) for v in np.percentile(ok, q)] if len(ok) else [None, None]
+    return out

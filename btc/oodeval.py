@@ -1,0 +1,348 @@
+"""Fit and evaluate the OOD check in the pipeline (03_evaluate): statistics, thresholds, report.
+
+`fit_and_report` fits and stores each model's OOD statistics and thresholds (`btc.ood`) on the
+train and validation splits, chooses the method on the select part of the images from
+`btc.oodsets`, and reports on the test split, the external test groups and the report part:
+`results/03_evaluate/ood_report.json` and `risk_coverage.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from btc import config, data, ood, oodsets
+from btc.config import CLASS_NAMES, MODELS_DIR
+from btc.evaluate import apply_temperature, ensemble, trained_model_names
+
+OOD_DIR_ENV = "BTC_OOD_DIR"
+PARTS = (
+    "validation (+ external-train) brain scans vs synthetic, scikit-image and pydicom images and "
+    "every other file of each OOD-folder kind: chooses the method",
+    "test split, external test groups, the other OOD-folder files and all brain* files: reported",
+)
+
+
+# --- fitting ------------------------------------------------------------------------------------
+
+
+def _outputs(model, meta: dict, frames: dict, arrays: np.ndarray, batch_size: int) -> dict:
+    """`ood.forward` outputs per set (`train`, `val`, `ext_test`, ..., `images`)."""
+    fmodel = ood.feature_model(model, meta)
+    canonical = [meta["class_names"].index(c) for c in CLASS_NAMES]
+    to_canonical = np.array(
+        [CLASS_NAMES.index(c) for c in meta["class_names"]] + [len(CLASS_NAMES)]
+    )
+    outs = {"images": ood.forward(model, fmodel, arrays, batch_size)}
+    for key, (frame, split) in frames.items():
+        ds = data.make_dataset(frame, split, meta["image_size"], batch_size, augment=False,
+                               shuffle=False, cache=False, class_names=meta["class_names"])  # fmt: skip
+        outs[key] = ood.forward(model, fmodel, ds)
+        outs[key]["labels"] = to_canonical[np.concatenate([y.numpy() for _, y in ds])]
+    for out in outs.values():
+        calibrated = apply_temperature(out["probs"], meta.get("temperature", 1.0))
+        out["calibrated"] = calibrated[:, canonical]
+    return outs
+
+
+def _scale(val_score: np.ndarray, accept_rate: float) -> dict:
+    median = float(np.median(val_score))
+    spread = float(np.quantile(val_score, accept_rate)) - median
+    return {"median": median, "spread": max(spread, 1e-6 * max(abs(median), 1.0))}
+
+
+def _thresholds(val_score, calibrated, labels, accept_rate, target_error, min_answered) -> dict:
+    """The OOD threshold and, on the scans it accepts, the confidence threshold (validation)."""
+    threshold = float(np.quantile(val_score, accept_rate, method="higher"))
+    accepted = val_score <= threshold
+    confidence, correct = calibrated.max(1)[accepted], (calibrated.argmax(1) == labels)[accepted]
+    fit = ood.fit_confidence_threshold(confidence, correct, target_error, min_answered)
+    return {"ood_threshold": round(threshold, 6), "accept_rate": accept_rate,
+            "val_accepted": round(float(accepted.mean()), 6),
+            "confidence_threshold": fit["threshold"], "target_met": fit["target_met"],
+            "target_error": target_error, "val_selective": fit}  # fmt: skip
+
+
+def _fit_model(name, models_dir, meta, outs, colours, select, fit_args) -> tuple[dict, dict]:
+    """Fit, choose the method, store `ood.npz` and `ood.json`; never reads the test sets.
+
+    Returns:
+        The stored info and every method's scaled score per set (`{method: {set: (n,)}}`).
+    """
+    k, train = len(CLASS_NAMES), outs["train"]
+    keep = train["labels"] < k  # external "tumour, type unknown" rows have no class mean
+    arrays = {}
+    for part in ("pool", "dense"):
+        fitted = ood.fit_gaussian(train[part][keep], train["labels"][keep], k)
+        arrays |= {f"{part}_{key}": value for key, value in fitted.items()}
+    raw = {s: ood.raw_scores(out, arrays) for s, out in outs.items() if s != "train"}
+    scales = {m: _scale(raw["val"][m], fit_args[0]) for m in ood.METHODS}
+    scaled = {m: {s: ood.normalise(r[m], scales[m]) for s, r in raw.items()} for m in ood.METHODS}
+    brain = [s for s in ("val", "ext_train") if s in outs]
+    selection = {}
+    for m in ood.METHODS:
+        inside = np.concatenate([ood.combine(scaled[m][s], colours[s]) for s in brain])
+        outside = ood.combine(scaled[m]["images"], colours["images"])[select]
+        selection[m] = round(ood.auroc(inside, outside), 6)
+    method = max(ood.METHODS, key=lambda m: (selection[m], -ood.METHODS.index(m)))
+    val = ood.combine(scaled[method]["val"], colours["val"])
+    info = {
+        "model": name, "method": method, "scales": scales, "selection_auroc": selection,
+        **_thresholds(val, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
+        "temperature": meta.get("temperature", 1.0),
+        "model_sha256": data.file_sha256(Path(models_dir) / name / "model.keras"),
+        "colour": {"chroma": ood.COLOUR_CHROMA, "fraction": ood.COLOUR_FRACTION,
+                   "val_max": round(float(np.max(colours["val"])), 6)},
+        "fitted_on": {"statistics": "train", "thresholds": "val",
+                      "method": f"{' + '.join(brain)} vs the select part"},
+    }  # fmt: skip
+    folder = Path(models_dir) / name
+    with config.atomic_path(folder / ood.STATS_FILE) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    config.write_json_atomic(folder / ood.THRESHOLDS_FILE, info)
+    return info, scaled
+
+
+def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[dict, dict]:
+    """The ensemble: mean of its members' scaled scores, thresholds of its own (validation)."""
+    path = Path(models_dir) / "ensemble.json"
+    fitted = (
+        json.loads(path.read_text(encoding="utf-8")).get("weights", {}) if path.is_file() else {}
+    )
+    weights = fitted if set(fitted) == set(names) else dict.fromkeys(names, 1 / len(names))
+    sets = members[names[0]]["calibrated"]
+    member = {
+        "scaled": {s: np.mean([members[n]["scaled"][s] for n in names], 0) for s in sets},
+        "calibrated": {s: ensemble([members[n]["calibrated"][s] for n in names],
+                                   [weights[n] for n in names]) for s in sets},
+        "labels": members[names[0]]["labels"],
+    }  # fmt: skip
+    val = ood.combine(member["scaled"]["val"], colours["val"])
+    info = {"model": "ensemble", "members": names, "weights": weights,
+            "method": "mean of the members' scaled scores",
+            **_thresholds(val, member["calibrated"]["val"], member["labels"]["val"], *fit_args),
+            "fitted_on": {"thresholds": "val"}}  # fmt: skip
+    config.write_json_atomic(Path(models_dir) / ood.ENSEMBLE_FILE, info)
+    return info, member
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def _rate(flags: np.ndarray) -> dict:
+    k, n = int(np.sum(flags)), len(flags)
+    return {"n": n, "count": k, "rate": round(k / n, 6) if n else None,
+            "ci": [round(v, 6) for v in ood.clopper_pearson(k, n)]}  # fmt: skip
+
+
+def _with_ci(point: dict, ci: dict) -> dict:
+    rounded = {k: None if v is None else round(v, 6) for k, v in point.items()}
+    return rounded | {f"{k}_ci": v for k, v in ci.items()}
+
+
+def _separation(inside: np.ndarray, outside: np.ndarray, n_resamples: int, seed: int) -> dict:
+    def numbers(a, b):
+        return {"auroc": ood.auroc(a, b), "fpr_at_95_tpr": ood.fpr_at_tpr(a, b)}
+
+    ci = ood.bootstrap(numbers, [[inside], [outside]], n_resamples, seed)
+    return _with_ci(numbers(inside, outside), ci)
+
+
+def _report(info: dict, member: dict, colours: dict, images: list[dict], n_bootstrap, seed) -> dict:
+    """Test split, external test groups and OOD images of one model (or the ensemble)."""
+    score = {s: ood.combine(v, colours[s]) for s, v in member["scaled"].items()}
+    t, cal, y = info["ood_threshold"], member["calibrated"]["test"], member["labels"]["test"]
+    rejected = score["test"] > t
+    limit = info["confidence_threshold"] if info["target_met"] else np.inf
+    answered = ~rejected & (cal.max(1) >= limit)
+    correct = cal.argmax(1) == y
+    ranking = np.where(rejected, -1.0, cal.max(1))  # rejected scans are abstained from first
+    selective = ood.bootstrap(ood.selective_metrics, [[ranking, correct, answered]], n_bootstrap, seed)  # fmt: skip
+    out = {
+        "method": info["method"], "ood_threshold": t,
+        "confidence_threshold": info["confidence_threshold"], "target_met": info["target_met"],
+        "val_selective": info["val_selective"], "test_rejected": _rate(rejected),
+        "status_counts": {"predicted": int(answered.sum()), "out_of_distribution": int(rejected.sum()),
+                          "uncertain": int((~rejected & ~answered).sum())},
+        "selective": _with_ci(ood.selective_metrics(ranking, correct, answered), selective),
+        "external_accepted": _rate(score["ext_test"] <= t) if "ext_test" in score else None,
+        "rejected_by_kind": {}, "curve": ood.risk_coverage(ranking, correct),
+    }  # fmt: skip
+    for kind in sorted({i["kind"] for i in images}):
+        for part in ("report", "select"):
+            mask = np.array([i["kind"] == kind and i["part"] == part for i in images])
+            if mask.any():
+                out["rejected_by_kind"].setdefault(kind, {})[part] = _rate(score["images"][mask] > t)  # fmt: skip
+    reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
+    if reported.any():
+        out["report"] = _separation(score["test"], score["images"][reported], n_bootstrap, seed)
+    for image, s in zip(images, score["images"]):
+        image.setdefault("scores", {})[info["model"]] = round(float(s), 4)
+    return out
+
+
+def _method_aurocs(scaled: dict, colours: dict, reported: np.ndarray) -> dict | None:
+    """Every method's AUROC on the report part (test split vs reported OOD images)."""
+    if not reported.any():
+        return None
+    return {m: round(ood.auroc(ood.combine(scaled[m]["test"], colours["test"]),
+                               ood.combine(scaled[m]["images"], colours["images"])[reported]), 6)
+            for m in ood.METHODS}  # fmt: skip
+
+
+def fit_and_report(
+    model_names: Sequence[str] | None = None, manifest_path: str | Path | None = None,
+    models_dir: str | Path = MODELS_DIR, results_dir: str | Path | None = None,
+    ood_dir: str | Path | None = None, accept_rate: float = 0.975, target_error: float = 0.02,
+    min_answered: int | None = None, n_bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
+) -> dict:  # fmt: skip
+    """Fit and store each model's OOD statistics and thresholds; report them on held-out images.
+
+    Per model: class means and a shared covariance on the train split; each candidate score
+    scaled on validation; the method with the best AUROC on the select part; the OOD threshold
+    accepting `accept_rate` of validation scans; the confidence threshold for `target_error` on
+    the accepted ones (`models/<name>/ood.npz`, `ood.json`). The ensemble averages its members'
+    scaled scores and has thresholds of its own (`models/ensemble_ood.json`). The test split, the
+    external test groups and the report part of `ood_dir` are only reported on.
+
+    Args:
+        model_names: Models (default: every trained model).
+        manifest_path: Manifest CSV (default `config.MANIFEST_PATH`; `external.csv` beside it).
+        models_dir: Trained models.
+        results_dir: Output root (default `config.RESULTS_DIR`).
+        ood_dir: Non-brain images, one folder per kind (`brain*` folders must be accepted);
+            default `$BTC_OOD_DIR`. Without one the method is chosen on synthetic and bundled
+            images only and the OOD-image report is skipped with a note.
+        accept_rate: Share of in-distribution validation scans the OOD threshold accepts.
+        target_error: Highest error rate on the scans answered (validation).
+        min_answered: Fewest answered validation scans (default `ceil(3 / target_error)`).
+        n_bootstrap: Bootstrap resamples of the 95 % CIs.
+        seed: Bootstrap seed.
+        batch_size: Prediction batch size.
+
+    Returns:
+        The report written to `results/03_evaluate/ood_report.json` (plus `risk_coverage.png`).
+
+    Raises:
+        FileNotFoundError: If no trained model or no manifest exists.
+        ValueError: On an out-of-range argument or an `ood_dir` that is not a folder.
+    """
+    from btc import external, plots, train
+
+    config.check_range("accept_rate", accept_rate, 0.5, 1.0, high_inclusive=False)
+    config.check_range("target_error", target_error, 0.0, 1.0, low_inclusive=False)
+    config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
+    manifest_path = Path(manifest_path or config.MANIFEST_PATH)
+    manifest = data.load_manifest(manifest_path, check_leakage=False)
+    names = list(model_names or trained_model_names(models_dir))
+    if not names:
+        raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
+    ood_dir = ood_dir or os.environ.get(OOD_DIR_ENV) or None
+    if ood_dir is not None and not Path(ood_dir).is_dir():
+        raise ValueError("`ood_dir` must be a folder with one sub-folder of images per kind. "
+                         f"Received: ood_dir={str(ood_dir)!r}")  # fmt: skip
+    folder = oodsets.folder_images(ood_dir) if ood_dir else []
+    images = oodsets.bundled_images(exclude=folder) + folder
+    select = np.array([i["part"] == "select" for i in images])
+    reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
+    frames = {s: (manifest, s) for s in config.SPLITS}
+    ext = external.load_external(manifest_path.with_name("external.csv"))
+    if ext is not None:
+        frames |= {f"ext_{s}": (ext, s) for s in ("train", "test") if (ext.split == s).any()}
+    colours = {"images": np.array([ood.colour_fraction(i["raw"]) for i in images])}
+    for key, (frame, split) in frames.items():
+        paths = frame.loc[frame.split == split, "path"]
+        colours[key] = np.array([ood.colour_fraction(Path(p).read_bytes()) for p in paths])
+    fit_args = (accept_rate, target_error, min_answered)
+    fitted, members = {}, {}
+    for name in names:
+        model, meta = train.load_trained(name, models_dir)
+        arrays = oodsets.to_arrays([i["raw"] for i in images], meta["image_size"])
+        outs = _outputs(model, meta, frames, arrays, batch_size)
+        fitted[name], scaled = _fit_model(name, models_dir, meta, outs, colours, select, fit_args)
+        fitted[name]["report_auroc"] = _method_aurocs(scaled, colours, reported)
+        members[name] = {"scaled": scaled[fitted[name]["method"]],
+                         "calibrated": {s: o["calibrated"] for s, o in outs.items() if s != "train"},
+                         "labels": {s: o["labels"] for s, o in outs.items() if "labels" in o}}  # fmt: skip
+    if len(names) >= 2:
+        fitted["ensemble"], members["ensemble"] = _fit_ensemble(names, members, models_dir, colours, fit_args)  # fmt: skip
+    entries = {}
+    for name, member in members.items():
+        entries[name] = _report(fitted[name], member, colours, images, n_bootstrap, seed)
+        entries[name] |= {k: fitted[name].get(k) for k in ("selection_auroc", "report_auroc")}
+    out = Path(results_dir or config.RESULTS_DIR) / "03_evaluate"
+    curves = {n: e.pop("curve") for n, e in entries.items()}
+    plots.risk_coverage(curves, {n: e["selective"] for n, e in entries.items()}, target_error,
+                        out / "risk_coverage.png")  # fmt: skip
+    plots.plt.close("all")
+    report = {
+        "parts": {"select": PARTS[0], "report": PARTS[1]},
+        "ood_dir": None if ood_dir is None else str(ood_dir),
+        "note": None if folder else f"no OOD folder (set ${OOD_DIR_ENV} or `ood_dir`): OOD-image report skipped",
+        "accept_rate": accept_rate, "target_error": target_error, "n_bootstrap": n_bootstrap,
+        "manifest_sha256": data.file_sha256(manifest_path), "models": entries,
+        "images": [{k: v for k, v in i.items() if k != "raw"} for i in images],
+    }  # fmt: skip
+    config.write_json_atomic(out / "ood_report.json", report)
+    return report
+
+
+def _pct(value, ci=None) -> str:
+    if value is None:
+        return "–"
+    shown = ci and None not in ci
+    return f"{100 * value:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if shown else "")
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    return [_row(head), "|---" * len(head) + "|", *map(_row, rows)]
+
+
+def report_markdown(report: dict) -> str:
+    """Markdown tables of `fit_and_report`: methods tried, rejection per kind, selective prediction."""
+    models = report["models"]
+    rows = []
+    for name, e in models.items():
+        if e.get("selection_auroc"):
+            shown = {m: f"{e['selection_auroc'][m]:.3f}" + (f" / {e['report_auroc'][m]:.3f}"
+                     if e.get("report_auroc") else "") for m in ood.METHODS}  # fmt: skip
+            rows.append([name, *(f"**{v}**" if m == e["method"] else v for m, v in shown.items())])
+    lines = [f"Methods tried: AUROC on the select / report part (chosen in bold). Select part: "
+             f"{report['parts']['select']}. Report part: {report['parts']['report']}.", "",
+             *_table(["model", *ood.METHODS], rows)]  # fmt: skip
+    kinds = sorted({k for e in models.values() for k, p in e["rejected_by_kind"].items() if "report" in p})  # fmt: skip
+    rows = []
+    for name, e in models.items():
+        r, ext, test = e.get("report") or {}, e.get("external_accepted") or {}, e["test_rejected"]
+        parts = [e["rejected_by_kind"].get(k, {}).get("report") for k in kinds]
+        rows.append([name, _pct(r.get("auroc"), r.get("auroc_ci")),
+                     _pct(r.get("fpr_at_95_tpr"), r.get("fpr_at_95_tpr_ci")),
+                     _pct(test["rate"], test["ci"]), _pct(ext.get("rate"), ext.get("ci")),
+                     *(f"{p['count']}/{p['n']}" if p else "–" for p in parts)])  # fmt: skip
+    lines += ["", "OOD rejection on the report part, % [95 % CI]; per kind: rejected / images "
+              "(brain* kinds must be accepted):", "",
+              *_table(["model", "AUROC", "FPR at 95 % TPR", "test rejected", "Br35H accepted", *kinds], rows)]  # fmt: skip
+    rows = []
+    for name, e in models.items():
+        s, v, n = e["selective"], e["val_selective"], e["status_counts"]
+        rows.append([name, f"{e['confidence_threshold']:.3f}" if e["target_met"] else "not met",
+                     f"{_pct(v['risk'])} ({_pct(v['risk_upper'])})", _pct(s["coverage"], s["coverage_ci"]),
+                     _pct(s["accuracy_at_coverage"], s["accuracy_at_coverage_ci"]),
+                     f"{s['aurc']:.4f} [{s['aurc_ci'][0]:.4f}, {s['aurc_ci'][1]:.4f}]",
+                     _pct(s["coverage_at_99_accuracy"], s["coverage_at_99_accuracy_ci"]),
+                     f"{n['predicted']} / {n['uncertain']} / {n['out_of_distribution']}"])  # fmt: skip
+    head = ["model", "confidence threshold", "val error (95 % upper)", "coverage",
+            "accuracy at coverage", "AURC", "coverage at 99 % accuracy", "predicted / uncertain / OOD"]  # fmt: skip
+    lines += ["", f"Selective prediction on the test split (confidence threshold fitted on validation "
+              f"for ≤ {_pct(report['target_error'])} % errors), % [95 % CI]:", "", *_table(head, rows)]  # fmt: skip
+    if report.get("note"):
+        lines += ["", f"_{report['note']}_"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,154 @@
+"""The images the OOD check is chosen and tested on: an OOD folder, synthetic and bundled images.
+
+An OOD folder has one sub-folder per kind (`chest_xray/`, `photo/`, ...); folders named `brain*`
+hold brain MRI from other sources, which must be *accepted*. Head CT files (`CT_head...`) form a
+kind of their own. Within each non-brain kind, files alternate by sha256 between the *select* part
+(choosing the method) and the *report* part; `brain*` kinds are all reported. Synthetic images
+(blank, noise, gradients), scikit-image's sample photographs (when installed) and non-brain-MR
+files bundled with pydicom are always in the select part, so the method can be chosen offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from btc import data, dicom
+
+SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea",
+                   "clock", "coffee", "coins", "colorwheel", "grass", "gravel", "horse",
+                   "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon",
+                   "page", "retina", "rocket", "text")  # fmt: skip
+# pydicom's bundled images that are not brain MR: head CT, chest CT, NM, abdominal and joint MR, US
+PYDICOM_FILES = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "CT_small.dcm", "JPEG2000.dcm",
+                 "examples_overlay.dcm", "MR_small.dcm", "examples_rgb_color.dcm",
+                 "examples_jpeg2k.dcm", "examples_palette.dcm")  # fmt: skip
+HEAD_CT_NAMES = ("ct_head", "head_ct", "ct-head", "head-ct")
+
+
+def png(array: np.ndarray) -> bytes:
+    """Encode a uint8 array (gray or RGB) as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _item(kind: str, name: str, raw: bytes, part: str = "select", expect: str = "reject") -> dict:
+    sha = hashlib.sha256(raw).hexdigest()
+    return {"kind": kind, "name": name, "part": part, "expect": expect, "sha256": sha, "raw": raw}
+
+
+def synthetic_images(size: int = 256, seed: int = 0) -> list[dict]:
+    """Blank, noise, gradient and pattern images nothing should mistake for a scan."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / (size - 1)
+    radial = 1 - np.clip(np.hypot(xx - 0.5, yy - 0.5) / 0.5, 0, 1)
+    arrays = {
+        "black": np.zeros((size, size)), "white": np.ones((size, size)),
+        "gray": np.full((size, size), 0.5), "uniform_noise": rng.random((size, size)),
+        "gaussian_noise": np.clip(rng.normal(0.5, 0.15, (size, size)), 0, 1),
+        "colour_noise": rng.random((size, size, 3)), "horizontal_gradient": xx,
+        "radial_gradient": radial, "checkerboard": ((xx * 8).astype(int) + (yy * 8).astype(int)) % 2,
+    }  # fmt: skip
+    return [_item("synthetic", f"synthetic/{k}", png(np.round(v * 255))) for k, v in arrays.items()]
+
+
+def skimage_images() -> list[dict]:
+    """scikit-image's bundled sample photographs (empty when scikit-image is not installed)."""
+    try:
+        from skimage import data as samples
+    except ImportError:
+        return []
+    items = []
+    for name in SKIMAGE_SAMPLES:
+        try:
+            arr = np.asarray(getattr(samples, name)())
+        except Exception:  # a sample that needs a download is skipped offline
+            continue
+        arr = (arr * 255 if arr.dtype == bool or arr.max() <= 1 else arr).astype(np.uint8)
+        items.append(
+            _item("skimage", f"skimage/{name}", png(arr[..., :3] if arr.ndim == 3 else arr))
+        )
+    return items
+
+
+def pydicom_images() -> list[dict]:
+    """pydicom's bundled CT, NM, US and non-brain MR files as 8-bit PNG (first frame)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+
+    items = []
+    for name in PYDICOM_FILES:
+        try:
+            ds = pydicom.dcmread(get_testdata_file(name))
+            arr = ds.pixel_array
+            if ds.PhotometricInterpretation in dicom.PHOTOMETRIC:
+                arr = dicom._frame_pixels(ds, arr.reshape(-1, *arr.shape[-2:])[0], 0, dicom.PERCENTILES)[0]  # fmt: skip
+            elif ds.PhotometricInterpretation == "PALETTE COLOR":
+                arr = (apply_color_lut(arr, ds) // 256).astype(np.uint8)
+            arr = arr[0] if arr.ndim == 4 else arr
+        except Exception:  # a file this pydicom cannot decode is skipped
+            continue
+        items.append(_item("dicom_other", f"pydicom/{name}", png(arr)))
+    return items
+
+
+def _thumb(raw: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(raw)) as img:
+        t = np.asarray(img.convert("L").resize((32, 32)), dtype=float).ravel()
+    return (t - t.mean()) / (t.std() + 1e-6)
+
+
+def bundled_images(exclude: list[dict] = ()) -> list[dict]:
+    """Synthetic, scikit-image and pydicom images, minus copies of `exclude` (thumbnail ρ ≥ 0.95)."""
+    items = synthetic_images() + skimage_images() + pydicom_images()
+    if not exclude:
+        return items
+    seen = np.stack([_thumb(i["raw"]) for i in exclude])
+    return [i for i in items if (seen @ _thumb(i["raw"]) / 1024).max() < 0.95]
+
+
+def folder_images(folder: str | Path) -> list[dict]:
+    """The images of an OOD folder with their kind, part and expected answer.
+
+    Args:
+        folder: One sub-folder per kind; `brain*` sub-folders must be accepted.
+
+    Returns:
+        Dicts with `kind`, `name` (relative path), `part` (`"select"`/`"report"`), `expect`
+        (`"accept"`/`"reject"`), `sha256` and `raw` bytes. Files that are not JPEG/PNG by content
+        are skipped.
+    """
+    folder = Path(folder)
+    by_kind: dict[str, list[dict]] = {}
+    for path in sorted(p for p in folder.glob("*/*") if p.is_file()):
+        raw = path.read_bytes()
+        if data.detect_format(raw[:16]) not in ("jpeg", "png"):
+            continue
+        kind = path.parent.name
+        if any(h in path.name.lower() for h in HEAD_CT_NAMES):
+            kind = "head_ct"
+        expect = "accept" if kind.lower().startswith("brain") else "reject"
+        by_kind.setdefault(kind, []).append(
+            _item(kind, str(path.relative_to(folder)), raw, "report", expect)
+        )
+    for items in by_kind.values():
+        if items[0]["expect"] == "reject":
+            for rank, item in enumerate(sorted(items, key=lambda i: i["sha256"])):
+                item["part"] = "select" if rank % 2 else "report"
+    return [i for items in by_kind.values() for i in items]
+
+
+def to_arrays(raws: list[bytes], image_size: int) -> np.ndarray:
+    """Encoded images → `(n, size, size, 3)` float32 in [0, 1], as in training."""
+    import tensorflow as tf
+
+    return np.stack([
+        tf.image.grayscale_to_rgb(tf.cast(data.decode_and_resize(tf.constant(r), image_size), tf.float32) / 255.0).numpy()
+        for r in raws
+    ])  # fmt: skip
