@@ -420,6 +420,8 @@ def external_saliency(
         report["recommended"][name] = ranked[0] if ranked else None
         plt_close()
     config.write_json_atomic(results_dir / "03_evaluate" / "external_saliency.json", report)
+    config.write_json_atomic(models_dir / "saliency.json", {"recommended": report["recommended"],
+                             "rule": "sanity-check CI below 0.5, then best pointing game"})  # fmt: skip
     return report
 
 

@@ -112,6 +112,37 @@ def load_models(
     return loaded
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def recommended(models_dir: str | Path = MODELS_DIR) -> dict[str, str]:
+    """The model and saliency method 03 recommends for the demo.
+
+    The model is the ensemble only if it beat its best member on validation (`ensemble.json`'s
+    `default_model`); the method is the one that passed the sanity check (CI below 0.5) and
+    pointed best at external tumour boxes (`saliency.json`), for the chosen model or, for the
+    ensemble, its heaviest member. Without those files: the ensemble and Grad-CAM.
+
+    Returns:
+        `{"model": name, "saliency_method": method, "why": text}`.
+    """
+    from btc.explain import DEFAULT_METHOD
+
+    choice = _read_json(Path(models_dir) / "ensemble.json")
+    per_model = _read_json(Path(models_dir) / "saliency.json").get("recommended", {})
+    model = choice.get("default_model", ENSEMBLE)
+    weights = choice.get("weights") or {ENSEMBLE: 1.0}
+    member = model if model != ENSEMBLE else max(weights, key=weights.get)
+    if not choice:
+        why = "no choice recorded by 03 yet"
+    elif model == ENSEMBLE:
+        why = "the ensemble beat its best member on validation"
+    else:
+        why = f"the ensemble did not beat {model} on validation"
+    return {"model": model, "saliency_method": per_model.get(member) or DEFAULT_METHOD, "why": why}
+
+
 def ensemble_weights(models: dict, models_dir: str | Path = MODELS_DIR) -> dict[str, float]:
     """Weights of the soft-voting ensemble: fitted ones when they cover these models."""
     path = Path(models_dir) / "ensemble.json"

@@ -104,18 +104,21 @@ class PredictApp:
         colormap: Overlay colormap (also described to the LLM).
         gemini_model: Gemini model name.
         client: google-genai client (default from the environment; `None` → template text).
+        model: The model selected at start (default: the ensemble when there are several).
     """
 
     def __init__(self, models=None, manifest_path=MANIFEST_PATH, method: str = explain.DEFAULT_METHOD,
-                 colormap: str = "jet", gemini_model: str = llm.DEFAULT_MODEL, client=None):  # fmt: skip
+                 colormap: str = "jet", gemini_model: str = llm.DEFAULT_MODEL, client=None,
+                 model: str | None = None):  # fmt: skip
         self.models = models or predict.load_models()
         self.colormap, self.gemini_model = colormap, gemini_model
         self.client = client if client is not None else llm.make_client()
         self.upload = w.FileUpload(accept=UPLOAD_ACCEPT, multiple=True, description="Upload")
         self.sample = w.Dropdown(options=[("— pick a test image —", None), *test_samples(manifest_path)],
                                  description="Sample")  # fmt: skip
-        self.model = w.Dropdown(options=[*self.models, predict.ENSEMBLE], value=predict.ENSEMBLE
-                                if len(self.models) > 1 else next(iter(self.models)), description="Model")  # fmt: skip
+        options = [*self.models, predict.ENSEMBLE] if len(self.models) > 1 else list(self.models)
+        self.model = w.Dropdown(options=options, value=model if model in options else options[-1],
+                                description="Model")  # fmt: skip
         self.method = w.Dropdown(
             options=list(explain.METHODS), value=method, description="Saliency"
         )

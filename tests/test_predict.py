@@ -171,3 +171,22 @@ def test_batch_mode_writes_predictions_overlays_and_explanations(loaded, test_fi
     assert saved[0]["explanation_source"] == "template" and "bad.jpg" in saved[1]["error"]
     assert len(list(out.glob("*_gradcam.png"))) == 1
     assert "not a diagnosis" in (out / "explanations.md").read_text()
+
+
+def test_recommended_model_and_method_follow_03s_choices(tmp_path):
+    import json
+
+    from btc import predict as pr
+
+    assert pr.recommended(tmp_path) == {"model": "ensemble", "saliency_method": "gradcam",
+                                        "why": "no choice recorded by 03 yet"}  # fmt: skip
+    (tmp_path / "ensemble.json").write_text(json.dumps(
+        {"weights": {"cnn": 0.1, "mobilenet": 0.9}, "default_model": "mobilenet"}))  # fmt: skip
+    (tmp_path / "saliency.json").write_text(json.dumps(
+        {"recommended": {"cnn": "gradcam", "mobilenet": "smoothgrad"}}))  # fmt: skip
+    choice = pr.recommended(tmp_path)
+    assert (choice["model"], choice["saliency_method"]) == ("mobilenet", "smoothgrad")
+    assert "did not beat mobilenet" in choice["why"]
+    (tmp_path / "ensemble.json").write_text(json.dumps(
+        {"weights": {"cnn": 0.7, "mobilenet": 0.3}, "default_model": "ensemble"}))  # fmt: skip
+    assert pr.recommended(tmp_path)["saliency_method"] == "gradcam"  # the heaviest member's
