@@ -117,16 +117,21 @@ def fit_gaussian(features: np.ndarray, labels: np.ndarray, k: int) -> dict[str, 
         k: Number of classes (a class absent from `labels` is skipped).
 
     Returns:
-        `whiten` `(d, d)` (Cholesky factor of the precision) and `means_w` `(k, d)` (the whitened
-        class means), so that the squared Mahalanobis distance is `‖f·whiten − means_w‖²`.
+        `whiten` `(d, d)` (the covariance's inverse square root, from its eigen-decomposition)
+        and `means_w` `(k, d)` (the whitened class means), so that the squared Mahalanobis
+        distance is `‖f·whiten − means_w‖²`.
     """
     from sklearn.covariance import LedoitWolf
 
     present = [c for c in range(k) if np.any(labels == c)]
     means = np.stack([features[labels == c].mean(0) for c in present])
     centred = features - means[np.searchsorted(present, labels)]
-    precision = LedoitWolf().fit(centred).precision_
-    whiten = np.linalg.cholesky((precision + precision.T) / 2)  # d² = ‖(f − μ) L‖²
+    cov = LedoitWolf().fit(centred.astype(np.float64)).covariance_
+    # eigh, not a Cholesky of the precision: real features have dead (ReLU) units, and the
+    # precision of a near-singular covariance is not numerically positive definite.
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    floor = max(float(values.max()) * 1e-6, 1e-12)
+    whiten = vectors / np.sqrt(np.clip(values, floor, None))  # d² = ‖(f − μ) V Λ^-½‖²
     return {"means_w": (means @ whiten).astype(np.float32), "whiten": whiten.astype(np.float32)}
 
 

@@ -337,3 +337,25 @@ def test_demo_shows_the_banners(fitted, loaded, monkeypatch):
         "ood_reason": None,
     }
     assert widgets.UNCERTAIN_BANNER in widgets.status_banner(uncertain)
+
+
+def test_fit_gaussian_handles_dead_and_collinear_units_and_is_exact_mahalanobis():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(400, 6))
+    f[:, 2] = 0.0  # a dead ReLU unit
+    f = np.c_[f, 2 * f[:, 0]].astype(np.float32)  # a collinear one: a Cholesky used to fail here
+    y = rng.integers(0, 3, 400)
+    stats = ood.fit_gaussian(f, y, 3)
+    z = f[:5] @ stats["whiten"]
+    d2 = ((z[:, None, :] - stats["means_w"][None]) ** 2).sum(-1)
+    assert np.isfinite(d2).all()
+    g = rng.normal(size=(300, 4))
+    yg = rng.integers(0, 2, 300)
+    stats = ood.fit_gaussian(g.astype(np.float32), yg, 2)
+    means = np.stack([g[yg == c].mean(0) for c in range(2)])
+    precision = np.linalg.inv(LedoitWolf().fit(g - means[yg]).covariance_)
+    expected = np.array([[(x - m) @ precision @ (x - m) for m in means] for x in g[:5]])
+    got = (((g[:5] @ stats["whiten"])[:, None, :] - stats["means_w"][None]) ** 2).sum(-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-3)
