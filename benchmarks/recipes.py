@@ -32,7 +32,7 @@ ROWS = {
           dict(recipe="one_phase", style_augment=False, external=False)),
     "C": ("B + style augmentation (gamma, resolution, noise)",
           dict(recipe="one_phase", style_augment=True, external=False)),
-    "D": ("C + external train groups as 'tumour, type unknown'",
+    "D": ("B + style augmentation + external train groups as 'tumour, type unknown'",
           dict(recipe="one_phase", style_augment=True, external=True)),
     "E": ("D at 160 px", dict(recipe="one_phase", style_augment=True, external=True,
                               image_size=160)),

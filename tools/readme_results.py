@@ -101,6 +101,10 @@ def section() -> str:
                              f"{100 * sc['box_area']:.1f} |")  # fmt: skip
         lines += ["", f"Recommended demo method per model (sanity CI below 0.5 and best pointing): "
                       f"{ext_sal['recommended']}.", ""]  # fmt: skip
+    if not bench:
+        lines += ["Benchmarks (`make bench`), the transfer-learning and the official-split leakage "
+                  "comparisons were measured on the previous split and recipe (README in commit "
+                  "ddee038) and have not been re-run since; the LiteRT table needs `make bench`.", ""]  # fmt: skip
     if bench:
         lines += ["Benchmarks (`make bench`):", "", "```", bench.get("text", "").strip(), "```", ""]
     e2e = _load(config.RESULTS_DIR / "e2e.json")
