@@ -10,7 +10,8 @@ import numpy as np
 from btc import evaluate, train
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of `fn()` in milliseconds over `repeats` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -27,9 +28,9 @@ def main(repeats: int = 30) -> list[dict]:
         s = meta["image_size"]
         x = np.random.default_rng(0).random((1, s, s, 3), dtype=np.float32)
         batch = np.random.default_rng(1).random((256, s, s, 3), dtype=np.float32)
-        call = _median_ms(lambda m=model, x=x: m(x, training=False), repeats)
-        pred = _median_ms(lambda m=model, x=x: m.predict(x, verbose=0), repeats)
-        on_batch = _median_ms(lambda m=model, x=x: m.predict_on_batch(x), repeats)
+        call = median_ms(lambda m=model, x=x: m(x, training=False), repeats)
+        pred = median_ms(lambda m=model, x=x: m.predict(x, verbose=0), repeats)
+        on_batch = median_ms(lambda m=model, x=x: m.predict_on_batch(x), repeats)
         start = time.perf_counter()
         model.predict(batch, batch_size=64, verbose=0)
         rows.append({"model": name, "size": s, "call_ms": call, "predict_ms": pred, "on_batch_ms": on_batch,

@@ -11,22 +11,12 @@ folder, as `btc export` would). Targets for int8 (issue 16): agreement ≥ 99 %,
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
+from latency import median_ms
+
 from btc import config, data, evaluate, export, train
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def _variant(name: str, quantize: str, models_dir: Path, manifest: Path):
@@ -65,7 +55,7 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
         for variant, runner, size, p in variants:
             ci = evaluate.bootstrap_ci(labels, p, n_bootstrap, class_names=meta["class_names"])
             rows.append({"model": name, "variant": variant, "mb": size / 1e6,
-                         "ms": _median_ms(lambda r=runner, x=x1: r.predict_on_batch(x), repeats),
+                         "ms": median_ms(lambda r=runner, x=x1: r.predict_on_batch(x), repeats),
                          "accuracy": float((p.argmax(1) == labels).mean()),
                          "accuracy_ci": ci["accuracy"],
                          "agreement": float((p.argmax(1) == keras_top1).mean()),
