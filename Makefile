@@ -1,11 +1,12 @@
 # btc — see README.md. `make setup` then `make test`; `make pipeline` runs the notebooks.
+# `make test-fast` (< 2 min) skips the tests marked slow in tests/conftest.py; `make test` runs all.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PRESET ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint pytest pipeline bench clean-results
+.PHONY: setup test test-fast lint pytest pipeline bench clean-results
 
 setup:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"btc needs Python 3.11, found {sys.version.split()[0]} (set PYTHON=...)"'
@@ -23,8 +24,11 @@ pytest:
 
 test: lint pytest
 
+test-fast:
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
 pipeline:
-	$(BIN)/btc pipeline --preset $(PRESET)
+	$(BIN)/btc pipeline --preset $(PRESET) $(if $(VERBOSE),--verbose)
 
 bench:
 	cd benchmarks && ../$(BIN)/python run_all.py

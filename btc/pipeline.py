@@ -3,11 +3,21 @@
 A preset is one flat YAML file of notebook parameters. Each notebook receives the keys its
 `parameters` cell declares; a key that no notebook declares is rejected (papermill would only
 warn), so a typo in a preset cannot silently fall back to a default.
+
+While a notebook runs, what it prints (Keras' per-epoch lines, progress messages, warnings) is
+streamed to the terminal line by line; TensorFlow's start-up noise (CUDA, oneDNN and absl lines)
+is left out unless `verbose=True`. Each stage gets a line when it starts and when it ends, with
+its time.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
+import re
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,8 +31,72 @@ log = logging.getLogger(__name__)
 KERNEL_NAME = "btc"
 
 
+# TensorFlow's start-up lines: absl records (`I0000 00:00:1795.. 123 port.cc:153] oneDNN ..`,
+# `2025-01-01 10:00:00.0: I tensorflow/..cc:12] ..`), absl's pre-init notice, Python absl logging
+# and the continuation line of the CPU-instructions notice.
+TF_NOISE = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] \S+:\d+\]"
+    r"|WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|(?:INFO|WARNING):absl:"
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
+
 class PipelineError(RuntimeError):
     """A notebook of the pipeline failed; the partial output notebook is kept."""
+
+
+class LineFilter:
+    """A writable stream that forwards whole lines to `target`, dropping TensorFlow's noise.
+
+    papermill hands over a kernel's output in arbitrary chunks (and flushes after each); lines
+    are reassembled first, so a noise line split across chunks is still recognised. `close()`
+    forwards an unfinished last line.
+
+    Args:
+        target: Where kept lines go (e.g. `sys.stdout`).
+        drop: Pattern of lines to leave out, or `None` to keep everything.
+        prefix: Text put before every kept line (e.g. `"  "` to indent under a stage line).
+    """
+
+    def __init__(self, target, drop: re.Pattern | None = TF_NOISE, prefix: str = ""):
+        self.target, self.drop, self.prefix, self._partial = target, drop, prefix, ""
+        self.last_line = time.monotonic()  # when a line was last forwarded
+
+    def write(self, text: str) -> int:
+        """Buffer `text`, forward every finished line that is not noise; return `len(text)`."""
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if self.drop is None or not self.drop.match(line):
+                self.target.write(f"{self.prefix}{line}\n")
+                self.last_line = time.monotonic()
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the target (an unfinished line waits for its end or `close()`)."""
+        self.target.flush()
+
+    def close(self) -> None:
+        """Forward the unfinished last line, if any, and flush the target."""
+        self.write("\n" if self._partial else "")
+        self.flush()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _heartbeat(name: str, streams: Sequence[LineFilter], every: float, done: threading.Event):
+    """Print `… <name> still running (T)` after every `every` seconds without a printed line."""
+    start = time.monotonic()
+    while not done.wait(every / 4):
+        now = time.monotonic()
+        if now - max(s.last_line for s in streams) >= every:
+            print(f"  … {name} still running ({_duration(now - start)})", flush=True)
+            for s in streams:
+                s.last_line = now
 
 
 def notebooks(folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -61,6 +135,38 @@ def declared_parameters(notebook: str | Path) -> dict[str, Any]:
     import papermill
 
     return papermill.inspect_notebook(str(notebook))
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a notebook's `parameters` cell without running it: name, type, default and help.
+
+    The cell holds annotated literals, one per line (`seed: int = 42  # seed of the split`), so
+    commands can offer exactly the notebook's parameters with its defaults (`btc train --seed`).
+
+    Args:
+        notebook: Notebook path.
+
+    Returns:
+        `{name: {"type": "int", "default": 42, "help": "seed of the split"}}` in cell order.
+
+    Raises:
+        ValueError: If the notebook has no cell tagged `parameters`.
+    """
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        raise ValueError(f"{Path(notebook).name} has no cell tagged `parameters`")
+    source = "".join(tagged[0]["source"])
+    lines = source.splitlines()
+    params = {}
+    for stmt in ast.parse(source).body:
+        if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
+            continue
+        comment = lines[stmt.end_lineno - 1].partition("#")[2].strip()
+        params[stmt.target.id] = {"type": ast.unparse(stmt.annotation),
+                                  "default": ast.literal_eval(stmt.value),
+                                  "help": comment}  # fmt: skip
+    return params
 
 
 def plan(
@@ -106,6 +212,9 @@ def run_notebook(
     parameters: Mapping[str, Any],
     output_dir: str | Path = RESULTS_DIR,
     kernel: str = KERNEL_NAME,
+    stream: bool = True,
+    verbose: bool = False,
+    heartbeat: float = 60.0,
 ) -> Path:
     """Execute one notebook with papermill into `output_dir/<name>.ipynb`.
 
@@ -114,6 +223,11 @@ def run_notebook(
         parameters: Values injected after its `parameters` cell.
         output_dir: Folder of the executed copy (the run record).
         kernel: Jupyter kernel name.
+        stream: Print what the notebook prints (stdout and stderr) while it runs, and a
+            "still running" line after every `heartbeat` seconds of silence.
+        verbose: Also print TensorFlow's start-up noise (CUDA, oneDNN, absl lines) and the
+            kernel's own warnings.
+        heartbeat: Seconds of silence before a "still running" line.
 
     Returns:
         Path of the executed notebook.
@@ -128,6 +242,12 @@ def run_notebook(
     notebook, output_dir = Path(notebook), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     output = output_dir / notebook.name
+    drop = None if verbose else TF_NOISE
+    streams = [LineFilter(sys.stdout, drop, "  "), LineFilter(sys.stderr, drop, "  ")] if stream else []  # fmt: skip
+    done = threading.Event()
+    if streams:
+        args = (notebook.name, streams, heartbeat, done)
+        threading.Thread(target=_heartbeat, args=args, daemon=True).start()
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -137,6 +257,10 @@ def run_notebook(
             cwd=str(notebook.parent),
             progress_bar=False,
             log_output=False,
+            stdout_file=streams[0] if streams else None,
+            stderr_file=streams[1] if streams else None,
+            # the kernel's own start-up warnings (e.g. "running over TCP without encryption")
+            extra_arguments=[] if verbose else ["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as exc:
         trace = "\n".join(exc.traceback[-8:]) if exc.traceback else exc.evalue
@@ -144,6 +268,10 @@ def run_notebook(
             f"{notebook.name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}).\n"
             f"Partial output kept at {output}.\n{trace}"
         ) from None
+    finally:
+        done.set()
+        for s in streams:
+            s.close()
     return output
 
 
@@ -153,8 +281,13 @@ def run_pipeline(
     overrides: Mapping[str, Any] | None = None,
     output_dir: str | Path = RESULTS_DIR,
     kernel: str = KERNEL_NAME,
+    stream: bool = True,
+    verbose: bool = False,
 ) -> list[Path]:
     """Run every notebook in `notebooks/` in order (or those named in `only`).
+
+    Prints a line when each stage starts (with its parameters) and ends (with its time), and,
+    with `stream`, what the notebooks print while they run.
 
     Args:
         preset: Preset name or YAML path.
@@ -162,6 +295,8 @@ def run_pipeline(
         overrides: Parameters that win over the preset.
         output_dir: Where executed notebooks go.
         kernel: Jupyter kernel name.
+        stream: Print the notebooks' output (Keras' per-epoch lines, prints, warnings).
+        verbose: Also print TensorFlow's start-up noise (CUDA, oneDNN, absl lines).
 
     Returns:
         Paths of the executed notebooks.
@@ -183,10 +318,16 @@ def run_pipeline(
             fetch.ensure_dataset()
         except fetch.DatasetUnavailableError as exc:
             raise PipelineError(str(exc)) from None
-    outputs = []
-    for nb, nb_params in steps:
+    outputs, first = [], time.perf_counter()
+    for i, (nb, nb_params) in enumerate(steps, 1):
         start = time.perf_counter()
-        print(f"▶ {nb.name} {nb_params}", flush=True)
-        outputs.append(run_notebook(nb, nb_params, output_dir, kernel))
-        print(f"✔ {nb.name} in {time.perf_counter() - start:.0f} s → {outputs[-1]}", flush=True)
+        shown = ", ".join(f"{k}={v!r}" for k, v in nb_params.items()) or "notebook defaults"
+        print(f"▶ [{i}/{len(steps)}] {nb.name} started {time.strftime('%H:%M:%S')} ({shown})", flush=True)  # fmt: skip
+        try:
+            outputs.append(run_notebook(nb, nb_params, output_dir, kernel, stream, verbose))
+        except PipelineError:
+            print(f"✘ [{i}/{len(steps)}] {nb.name} failed after {_duration(time.perf_counter() - start)}", flush=True)  # fmt: skip
+            raise
+        print(f"✔ [{i}/{len(steps)}] {nb.name} done in {_duration(time.perf_counter() - start)} → {outputs[-1]}", flush=True)  # fmt: skip
+    print(f"pipeline done in {_duration(time.perf_counter() - first)}", flush=True)
     return outputs

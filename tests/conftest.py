@@ -37,6 +37,35 @@ os.environ.setdefault("BTC_WEIGHTS_DIR", str(SHARED_WEIGHTS.parent))  # ImageNet
 os.environ.setdefault("BTC_EXTERNAL_DIR", str(SHARED_EXTERNAL))  # external tumour scans
 
 
+# `make test-fast` deselects `slow`: tests that preprocess the real sample, train or use trained
+# models, index the full set, build the big backbones, drive a browser or start a papermill
+# kernel. Marked here, by fixture, parameter and name, so test files need no marks.
+SLOW_FIXTURES = {"real_sample", "tiny_models", "tiny_manifest", "full_index", "quadrant_model"}
+SLOW_PARAMS = {"xception", "mobilenet_v2"}  # full-size ImageNet graphs
+SLOW_TESTS = {
+    "test_failing_notebook_stops_with_the_cell_and_keeps_partial_output",  # a papermill kernel
+    "test_run_notebook_streams_what_it_prints_without_tensorflow_noise",  # two kernels
+    "test_stage_survives_bad_files_and_writes_a_manifest",  # the whole data stage
+}
+
+
+def _is_slow(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    params = {str(v) for v in callspec.params.values()} if callspec else set()
+    return bool(
+        set(getattr(item, "fixturenames", ())) & SLOW_FIXTURES
+        or params & SLOW_PARAMS
+        or getattr(item, "originalname", item.name) in SLOW_TESTS
+        or item.get_closest_marker("browser")
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_TMP, ignore_errors=True)
 
@@ -97,3 +126,10 @@ def tiny_models(tiny_manifest, tmp_path_factory):
                                 epochs_finetune=1, alpha=0.25)  # fmt: skip
         train.train(cfg, tiny_manifest, models_dir, models_dir / "results", verbose=0)
     return models_dir, tiny_manifest
+
+
+@pytest.fixture
+def tiny_models_copy(tiny_models, tmp_path):
+    """A private copy of `tiny_models` for tests that write into the models folder."""
+    models_dir, manifest = tiny_models
+    return shutil.copytree(models_dir, tmp_path / "models"), manifest

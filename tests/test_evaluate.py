@@ -114,7 +114,7 @@ def test_mcnemar_counts_discordant_pairs():
     assert evaluate.mcnemar(y, a, a)["p_value"] == 1.0
 
 
-def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models, tmp_path):
+def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models_copy, tmp_path):
     import json
     import shutil
 
@@ -122,7 +122,7 @@ def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models, tmp
 
     from tests.conftest import SHARED_EXTERNAL
 
-    models_dir, tiny = tiny_models
+    models_dir, tiny = tiny_models_copy
     manifest = tmp_path / "processed" / "manifest.csv"
     manifest.parent.mkdir()
     shutil.copy(tiny, manifest)

@@ -66,6 +66,78 @@ def test_failing_notebook_stops_with_the_cell_and_keeps_partial_output(tmp_path)
     assert "before the failure" in json.dumps([c.get("outputs") for c in executed.cells])
 
 
+NOISE = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1795930053.250420   25292 port.cc:153] oneDNN custom operations are on.",
+    "E0000 00:00:1795930067.339968   25292 cuda_platform.cc:52] failed call to cuInit: UNKNOWN",
+    "2025-01-01 10:00:00.123456: I tensorflow/core/util/port.cc:113] oneDNN custom operations",
+    "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
+    "with the appropriate compiler flags.",
+    "WARNING:absl:Compiled the loaded model, but the compiled metrics have yet to be built.",
+]
+
+
+def test_line_filter_reassembles_chunks_and_drops_tensorflow_noise():
+    import io
+
+    out = io.StringIO()
+    filter_ = pipeline.LineFilter(out, prefix="  ")
+    text = "\n".join([NOISE[0], "Epoch 1/2", *NOISE[1:], "26/26 - 31s - loss: 0.9", "tail"])
+    for start in range(0, len(text), 7):  # papermill's chunks end anywhere, each flushed
+        filter_.write(text[start : start + 7])
+        filter_.flush()
+    assert out.getvalue() == "  Epoch 1/2\n  26/26 - 31s - loss: 0.9\n"
+    filter_.close()
+    assert out.getvalue().endswith("  tail\n")
+    everything = io.StringIO()
+    pipeline.LineFilter(everything, drop=None).write(text + "\n")
+    assert everything.getvalue() == text + "\n"
+
+
+def test_notebook_parameters_read_the_cell_with_types_defaults_and_help():
+    params = pipeline.notebook_parameters(config.NOTEBOOKS_DIR / "02_train.ipynb")
+    assert params["image_size"] == {"type": "int", "default": 128, "help": "299 for the GPU preset"}
+    assert params["models"]["type"] == "list" and params["external"]["default"] is True
+    for nb in NOTEBOOKS:
+        assert list(pipeline.notebook_parameters(nb)) == list(pipeline.declared_parameters(nb))
+
+
+def test_run_notebook_streams_what_it_prints_without_tensorflow_noise(tmp_path, capsys):
+    nb = nbformat.v4.new_notebook()
+    code = [
+        "import sys, time",
+        "print('Epoch 1/1'); print('4/4 - 2s - loss: 0.5', flush=True)",
+        f"print({NOISE[1]!r}, file=sys.stderr); print('a warning', file=sys.stderr)",
+        "time.sleep(2.5)",
+    ]
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in code]
+    nb.metadata["kernelspec"] = {"name": "btc", "display_name": "btc", "language": "python"}
+    src = tmp_path / "98_talk.ipynb"
+    nbformat.write(nb, src)
+    pipeline.run_notebook(src, {}, tmp_path / "out", heartbeat=1.0)
+    shown = capsys.readouterr()
+    assert "  Epoch 1/1\n  4/4 - 2s - loss: 0.5\n" in shown.out
+    assert "  a warning\n" in shown.err and "oneDNN" not in shown.err
+    assert "  … 98_talk.ipynb still running (" in shown.out  # the silent cell gets a heartbeat
+    pipeline.run_notebook(src, {}, tmp_path / "out", verbose=True, heartbeat=60)
+    assert "oneDNN custom operations" in capsys.readouterr().err
+
+
+def test_pipeline_prints_a_line_per_stage_with_its_time(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(pipeline, "check_kernel", lambda kernel: None)
+    monkeypatch.setattr(pipeline, "run_notebook",
+                        lambda nb, params, out, *args: ran.append((nb.name, params)) or out / nb.name)  # fmt: skip
+    outputs = pipeline.run_pipeline("smoke", only=["02", "03"], output_dir=tmp_path)
+    assert [name for name, _ in ran] == ["02_train.ipynb", "03_evaluate.ipynb"]
+    assert ran[0][1]["image_size"] == 64 and outputs == [tmp_path / name for name, _ in ran]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("▶ [1/2] 02_train.ipynb started ") and "image_size=64" in out[0]
+    assert out[1].startswith("✔ [1/2] 02_train.ipynb done in 0 s → ")
+    assert out[3].startswith("✔ [2/2] 03_evaluate.ipynb done in ")
+    assert out[4].startswith("pipeline done in ")
+
+
 @pytest.mark.slow
 def test_papermill_smoke_run_of_the_pipeline(real_sample, tmp_path):
     outputs = pipeline.run_pipeline(
