@@ -1,4 +1,4 @@
-"""DICOM input: MR slices to 8-bit grayscale, series in slice order, PS3.15 de-identification.
+"""DICOM input: MR slices to 8-bit grayscale, series in slice order (de-identification: `btc.deidentify`).
 
 Read with pydicom; compressed transfer syntaxes are decoded by the pylibjpeg plugins that
 `make setup` installs. Only the MR modality is accepted. Pixel handling follows PS3.3 C.11:
@@ -22,16 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc.config import CLASS_NAMES, atomic_path, check_range
-from btc.data import MAX_PIXELS, MIN_SIDE
+from btc.config import CLASS_NAMES, check_range
+from btc.images import MAX_PIXELS, MIN_SIDE
 
 MAGIC = b"DICM"
 MAGIC_OFFSET = 128
 ACCEPTED_MODALITIES = ("MR",)
 PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
 PERCENTILES = (0.5, 99.5)
-DEID_TABLE = "dicomfields_2026c"  # dicom-anonymizer's copy of PS3.15 Table E.1-1 (2026c)
-DEID_METHOD = "DICOM PS3.15 Basic Profile (btc deidentify, dicom-anonymizer)"
 MODALITY_WORDS = {"CT": "CT (Hounsfield units of X-ray attenuation)", "PT": "PET", "US": "ultrasound",
                   "CR": "radiograph", "DX": "radiograph", "MG": "mammogram", "NM": "nuclear medicine",
                   "SEG": "segmentation", "SR": "structured report", "PR": "presentation state"}  # fmt: skip
@@ -77,7 +75,20 @@ def _quiet():
         logger.disabled = disabled
 
 
-def _dataset(source: str | Path | bytes, name: str, header_only: bool = False):
+def load_dataset(source: str | Path | bytes, name: str, header_only: bool = False):
+    """Read a DICOM file with pydicom, its warnings silenced (btc's error names the problem).
+
+    Args:
+        source: A path or the file's bytes.
+        name: Display name used in error messages.
+        header_only: Stop before the pixel data (for grouping a folder into series).
+
+    Returns:
+        The `pydicom.Dataset`.
+
+    Raises:
+        DicomError: If the content is not DICOM (no `DICM` marker) or pydicom cannot read it.
+    """
     import pydicom
 
     is_path = isinstance(source, str | Path)
@@ -193,7 +204,20 @@ def percentile_window(values: np.ndarray, percentiles: tuple[float, float] = PER
     return float((lo + hi) / 2 + 0.5), float(max(hi - lo, 0.0) + 1.0)
 
 
-def _frame_pixels(ds, stored: np.ndarray, frame: int, percentiles) -> tuple[np.ndarray, dict]:
+def frame_pixels(ds, stored: np.ndarray, frame: int, percentiles) -> tuple[np.ndarray, dict]:
+    """One stored grayscale frame to display-ready 8-bit pixels (PS3.3 C.11).
+
+    Args:
+        ds: The `pydicom.Dataset` (MONOCHROME1 or MONOCHROME2).
+        stored: `(H, W)` stored pixel values of frame `frame`.
+        frame: 0-based frame index (per-frame functional groups of enhanced files).
+        percentiles: Lower and upper percentile of the fallback window when the file has none.
+
+    Returns:
+        `(pixels, extra)`: `(H', W')` uint8 after rescale, VOI window, MONOCHROME1 inversion and
+        resampling of non-square pixels; `extra` is `{"window": {center, width, function,
+        source}}`.
+    """
     slope = _first(_functional(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
     intercept = _first(_functional(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))  # fmt: skip
     values = stored.astype(np.float64) * (1.0 if slope is None else slope) + (intercept or 0.0)
@@ -243,7 +267,7 @@ def read_dicom(source: str | Path | bytes, name: str | None = None,
     name = name or (Path(source).name if isinstance(source, str | Path) else "DICOM")
     if not 0 <= percentiles[0] < percentiles[1] <= 100:
         raise ValueError(f"`percentiles` must satisfy 0 <= low < high <= 100. Received: percentiles={percentiles!r}")  # fmt: skip
-    ds = _dataset(source, name)
+    ds = load_dataset(source, name)
     _check_usable(ds, name)
     stored = _decode(ds, name)
     syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
@@ -259,7 +283,7 @@ def read_dicom(source: str | Path | bytes, name: str | None = None,
     }
     frames = []
     for i, arr in enumerate(stored):
-        pixels, extra = _frame_pixels(ds, arr, i, percentiles)
+        pixels, extra = frame_pixels(ds, arr, i, percentiles)
         frame_name = f"{name}#frame{i + 1}" if len(stored) > 1 else name
         frames.append(Frame(pixels, frame_name, {**base, "frame": i + 1, **extra}))
     return frames
@@ -296,7 +320,7 @@ def find_series(folder: str | Path) -> list[tuple[str | None, list[Path]]]:
         if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
             continue
         try:
-            ds = _dataset(path, path.name, header_only=True)
+            ds = load_dataset(path, path.name, header_only=True)
         except DicomError:
             ds = None
         if ds is None or not ds.get("SeriesInstanceUID"):
@@ -360,84 +384,3 @@ def series_summary(records: Sequence[dict], label: str | None = None) -> dict:
     return {**out, "ok": True, "error": None, "class": answer,
             "tumour_probability": round(max(tumour), 6), "key_slice": key.get("input"),
             "slices": len(good), "agreeing_slices": sum(r["class"] == answer for r in good)}  # fmt: skip
-
-
-def deidentify_dataset(ds) -> None:
-    """De-identify a pydicom dataset in place (PS3.15 Basic Profile, private tags removed).
-
-    Applies dicom-anonymizer's PS3.15 Table E.1-1 actions (remove, blank, dummy, consistent
-    UID replacement) at every sequence depth, then records PatientIdentityRemoved=YES,
-    DeidentificationMethod and the code 113100 (Basic Application Confidentiality Profile).
-    """
-    import functools
-
-    from dicomanonymizer import simpledicomanonymizer as anon
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence as DicomSequence
-
-    rules = functools.partial(anon.initialize_actions, DEID_TABLE)
-
-    def clean(dataset) -> None:
-        anon.anonymize_dataset(dataset, delete_private_tags=True, base_rules_gen=rules)
-        for element in list(dataset):
-            if element.VR == "SQ":
-                for item in element.value:
-                    clean(item)
-
-    clean(ds)
-    if "SOPInstanceUID" in ds and hasattr(ds, "file_meta"):
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = DEID_METHOD
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
-    code.CodeMeaning = "Basic Application Confidentiality Profile"
-    ds.DeidentificationMethodCodeSequence = DicomSequence([code])
-
-
-def deidentify(src: str | Path, dst: str | Path) -> dict:
-    """Write de-identified copies of a DICOM file or folder; the input is never modified.
-
-    UIDs are replaced consistently within one call, so a de-identified series stays a series.
-    Files are written atomically; a folder keeps its relative layout (file names are kept: do
-    not name files after patients).
-
-    Args:
-        src: A DICOM file or a folder (searched recursively).
-        dst: Output file or folder (for a file `src`, an existing folder receives `src`'s name).
-
-    Returns:
-        `{"written": [paths], "skipped": {path: reason}}`.
-
-    Raises:
-        ValueError: If `src` does not exist, or `dst` is `src` or lies inside it (or vice versa).
-    """
-    from dicomanonymizer import simpledicomanonymizer as anon
-
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    if not src.exists():
-        raise ValueError(f"`src` must be an existing DICOM file or folder. Received: src={str(src)!r}")  # fmt: skip
-    if src.is_file():
-        pairs = [(src, dst / src.name if dst.is_dir() else dst)]
-    else:
-        pairs = [(p, dst / p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_file()]
-    if dst == src or (src.is_dir() and src in dst.parents) or any(o == p for p, o in pairs):
-        raise ValueError(f"`dst` must lie outside `src` so the input is never modified. Received: dst={str(dst)!r}")  # fmt: skip
-    anon.dictionary.clear()  # its UID map is module state: one consistent map per call
-    written, skipped = [], {}
-    for path, out in pairs:
-        try:
-            ds = _dataset(path, path.name)
-        except DicomError as exc:
-            skipped[str(path)] = str(exc).removeprefix(f"{path.name}: ")
-            continue
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            skipped[str(path)] = ("BurnedInAnnotation=YES: text in the pixels may identify the "
-                                  "patient and pixel cleaning is not implemented")  # fmt: skip
-            continue
-        deidentify_dataset(ds)
-        with atomic_path(out) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
-        written.append(str(out))
-    anon.dictionary.clear()
-    return {"written": written, "skipped": skipped}

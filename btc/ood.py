@@ -4,18 +4,22 @@ Every prediction gets one of three statuses: `"out_of_distribution"` (the input 
 the training scans: not analysed), `"uncertain"` (a brain MRI slice, but the calibrated confidence
 is below the threshold fitted for a target error rate: refer to a radiologist) or `"predicted"`.
 
-OOD score candidates, computed from the trained model: `mahalanobis_pool` / `mahalanobis_dense`
-(the smallest Mahalanobis distance of the pooled last-conv features / the penultimate dense
-features to the class means, with one shared Ledoit–Wolf covariance fitted on the train split;
-Lee et al., 2018, without their input perturbation and OOD-tuned layer weights), `energy`
-(−logsumexp of the logits; Liu et al., 2020) and `msp` (1 − maximum softmax probability;
-Hendrycks & Gimpel, 2017). Each is scaled by its validation distribution (0 = median, 1 = the
-`accept_rate` quantile) and combined with a colour check (MRI is grayscale: an image with more than
-`COLOUR_FRACTION` of its pixels coloured is not a scan) by taking the maximum. The method is chosen
-per model by AUROC on the *selection* part (validation and external-train brain scans against
-synthetic, bundled and half of the OOD folder's images); numbers are reported on the rest.
-Thresholds come from the validation split only. The fitting and the report live in `btc.oodeval`
-(called by 03_evaluate).
+OOD score candidates, computed from the trained model: `mahalanobis_pool` / `mahalanobis_stages` /
+`mahalanobis_dense` (the smallest Mahalanobis distance of the pooled last-conv features / the pooled
+outputs of the last three stages, concatenated / the penultimate dense features to the cluster
+means, with one shared Ledoit–Wolf covariance; Lee et al., 2018, without their input perturbation
+and OOD-tuned layer weights), `energy` (−logsumexp of the logits; Liu et al., 2020) and `msp`
+(1 − maximum softmax probability; Hendrycks & Gimpel, 2017). The clusters are the four classes of
+the train split plus the external set's *train* groups (Br35H tumour scans, "tumour, type
+unknown"), so a brain MRI from that source is not far from every cluster. Each score is scaled by
+its validation distribution (0 = median, 1 = the `accept_rate` quantile) and combined with a
+colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its pixels coloured
+is not a scan) by taking the maximum. The method is chosen per model by AUROC on the *selection*
+part (validation and held-out external-train brain scans against synthetic, bundled and half of
+the OOD folder's images); numbers are reported on the rest. The threshold accepts `accept_rate`
+of each in-distribution source: the validation split and the external train groups scored by a
+fit without them (two folds of groups). The fitting and the report live in `btc.oodeval`
+(called by 03_evaluate); the numbers in `btc.oodmetrics`.
 """
 
 from __future__ import annotations
@@ -23,18 +27,17 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import stats
-from sklearn import metrics as skm
 
-from btc import config, data
+from btc import config, datasets, oodmetrics
 from btc.config import MODELS_DIR
 
-METHODS = ("mahalanobis_pool", "mahalanobis_dense", "energy", "msp")
+METHODS = ("mahalanobis_pool", "mahalanobis_stages", "mahalanobis_dense", "energy", "msp")
+FEATURES = ("pool", "stages", "dense")  # the feature sets the Mahalanobis methods score
+N_STAGES = 3  # stage outputs pooled for `mahalanobis_stages` (the last three resolutions)
 STATUSES = ("predicted", "uncertain", "out_of_distribution")
 COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B exceeds 10 % of the range
 # an image is in colour when more than 10 % of its pixels are: Kaggle and Br35H scans stay below
@@ -68,6 +71,31 @@ def colour_fraction(raw: bytes) -> float:
     return float(np.mean(arr.max(-1) - arr.min(-1) > COLOUR_CHROMA * 255))
 
 
+def stage_layers(model, last: str, n: int = N_STAGES) -> list[str]:
+    """The last activation at each of the `n` smallest spatial resolutions, up to `last`.
+
+    Args:
+        model: A flat functional Keras model.
+        last: Name of the last convolutional feature layer (included).
+        n: Number of stages.
+
+    Returns:
+        Layer names, shallowest first (MobileNet at 128 px: `conv_pw_5_relu`,
+        `conv_pw_11_relu`, `conv_pw_13_relu`; the CNN: `block2_act` to `block4_act`).
+    """
+    import keras
+
+    by_size: dict[tuple, str] = {}  # spatial size -> its deepest activation (sizes only shrink)
+    for layer in model.layers:
+        shape = tuple(layer.output.shape) if hasattr(layer, "output") else ()
+        activation = isinstance(layer, keras.layers.Activation | keras.layers.ReLU)
+        if len(shape) == 4 and (activation or layer.name == last):
+            by_size[shape[1:3]] = layer.name
+        if layer.name == last:
+            break
+    return list(by_size.values())[-n:]
+
+
 def feature_model(model, metadata: dict):
     """The features the OOD scores need, from a trained flat functional model.
 
@@ -76,15 +104,20 @@ def feature_model(model, metadata: dict):
         metadata: Its metadata (`gradcam_layer`: the last convolutional feature layer).
 
     Returns:
-        A Keras model mapping images to `[pooled last-conv features (n, c), penultimate
-        features (n, d), softmax (n, classes)]`, sharing the trained weights.
+        A Keras model mapping images to `[pooled last-conv features (n, c), pooled stage
+        outputs concatenated (n, s) (see `stage_layers`), penultimate features (n, d), softmax
+        (n, classes)]`, sharing the trained weights.
     """
     import keras
 
-    conv = model.get_layer(metadata["gradcam_layer"]).output
-    pooled = keras.layers.GlobalAveragePooling2D(name="ood_pool")(conv)
+    pool = keras.layers.GlobalAveragePooling2D
+    last = metadata["gradcam_layer"]
+    pooled = pool(name="ood_pool")(model.get_layer(last).output)
+    stages = [pool(name=f"ood_stage{i}")(model.get_layer(name).output)
+              for i, name in enumerate(stage_layers(model, last))]  # fmt: skip
+    stages = stages[0] if len(stages) == 1 else keras.layers.Concatenate(name="ood_stages")(stages)
     return keras.Model(
-        model.inputs, [pooled, model.get_layer("predictions").input, model.outputs[0]]
+        model.inputs, [pooled, stages, model.get_layer("predictions").input, model.outputs[0]]
     )
 
 
@@ -98,14 +131,16 @@ def forward(model, fmodel, images, batch_size: int = 64) -> dict[str, np.ndarray
         batch_size: Batch size for an array.
 
     Returns:
-        `pool`, `dense`, `logits` and `probs` (uncalibrated softmax), each `(n, ...)`.
+        `pool`, `stages`, `dense`, `logits` and `probs` (uncalibrated softmax), each `(n, ...)`.
     """
     batches = ([images[i : i + batch_size] for i in range(0, len(images), batch_size)]
                if isinstance(images, np.ndarray) else (x for x, _ in images))  # fmt: skip
     outs = [fmodel.predict_on_batch(b) for b in batches]
-    pool, dense, probs = (np.concatenate([o[i] for o in outs]).astype(np.float32) for i in range(3))
+    pool, stages, dense, probs = (np.concatenate([o[i] for o in outs]).astype(np.float32)
+                                  for i in range(4))  # fmt: skip
     kernel, bias = model.get_layer("predictions").get_weights()
-    return {"pool": pool, "dense": dense, "probs": probs, "logits": dense @ kernel + bias}
+    return {"pool": pool, "stages": stages, "dense": dense, "probs": probs,
+            "logits": dense @ kernel + bias}  # fmt: skip
 
 
 def fit_gaussian(features: np.ndarray, labels: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -140,13 +175,13 @@ def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
 
     Args:
         out: `forward` output.
-        stats_arrays: `pool_*` and `dense_*` arrays of `fit_gaussian` (`ood.npz`).
+        stats_arrays: `pool_*`, `stages_*` and `dense_*` arrays of `fit_gaussian` (`ood.npz`).
 
     Returns:
         `{method: (n,)}` for every method in `METHODS`; higher = less like the training scans.
     """
     scores = {}
-    for part in ("pool", "dense"):
+    for part in FEATURES:
         z = out[part] @ stats_arrays[f"{part}_whiten"]
         d2 = ((z[:, None, :] - stats_arrays[f"{part}_means_w"][None]) ** 2).sum(-1)
         scores[f"mahalanobis_{part}"] = d2.min(1)
@@ -198,7 +233,7 @@ def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target
     errors = int(np.sum(wrong[: i + 1]))
     return {"threshold": round(float(conf[i]), 6), "target_met": True, "answered": int(i + 1),
             "coverage": round((i + 1) / n, 6), "risk": round(float(risk[i]), 6),
-            "risk_upper": round(clopper_pearson(errors, i + 1)[1], 6), "n": n,
+            "risk_upper": round(oodmetrics.clopper_pearson(errors, i + 1)[1], 6), "n": n,
             "min_answered": min_answered}  # fmt: skip
 
 
@@ -252,7 +287,7 @@ def load_stats(name: str, models_dir: str | Path = MODELS_DIR, runtime: str = "k
                                              "temperature: re-run the OOD section of 03_evaluate"}  # fmt: skip
     if runtime != "keras":
         return {"available": True, "info": info, "arrays": None, "note": LITERT_NOTE}
-    if data.file_sha256(folder / "model.keras") != info["model_sha256"]:
+    if datasets.file_sha256(folder / "model.keras") != info["model_sha256"]:
         return {"available": False, "note": f"OOD statistics of {name} are stale (model.keras "
                                              "changed): re-run the OOD section of 03_evaluate"}  # fmt: skip
     with np.load(folder / STATS_FILE) as npz:
@@ -299,131 +334,10 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
     thresholds = {"ood": None if feature is None else info["ood_threshold"],
                   "confidence": info["confidence_threshold"], "method": info["method"],
                   "target_error": info["target_error"], "accept_rate": info["accept_rate"],
-                  "fitted_on": "val"}  # fmt: skip
+                  "fitted_on": info.get("fitted_on", {}).get("thresholds", "val")}  # fmt: skip
     reason = None
     if status == "out_of_distribution":
         reason = "colour image" if colour / COLOUR_FRACTION > info["ood_threshold"] else (
             "unlike the training scans")  # fmt: skip
     return {"status": status, "ood_score": None if score is None else round(score, 4),
             "thresholds": thresholds, "ood_reason": reason, "status_note": note}  # fmt: skip
-
-
-# --- evaluation helpers --------------------------------------------------------------------------
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper–Pearson) binomial CI of `k / n`, for rates over a handful of images.
-
-    A bootstrap of 5 of 5 collapses to [1, 1]; this interval stays honest at 0 and n.
-
-    Args:
-        k: Successes.
-        n: Trials (`(0, 1)` for none).
-        level: Confidence level.
-
-    Returns:
-        `(low, high)`.
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    a = (1 - level) / 2
-    lo = stats.beta.ppf(a, k, n - k + 1) if k > 0 else 0.0
-    hi = stats.beta.ppf(1 - a, k + 1, n - k) if k < n else 1.0
-    return (float(lo), float(hi))
-
-
-def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
-    """AUROC of telling OOD images (positives) from in-distribution ones by their score.
-
-    Args:
-        in_scores: `(n,)` scores of in-distribution images.
-        out_scores: `(m,)` scores of OOD images (higher should mean OOD).
-
-    Returns:
-        The area under the ROC curve (0.5 = chance, 1 = perfect).
-    """
-    y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
-    return float(skm.roc_auc_score(y, np.r_[in_scores, out_scores]))
-
-
-def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float:
-    """FPR at `tpr` TPR, positives being in-distribution images (Liu et al., 2020).
-
-    Args:
-        in_scores: `(n,)` scores of in-distribution images.
-        out_scores: `(m,)` scores of OOD images.
-        tpr: Share of in-distribution images the threshold accepts.
-
-    Returns:
-        The share of OOD images still accepted at that threshold.
-    """
-    return float(np.mean(out_scores <= np.quantile(in_scores, tpr, method="higher")))
-
-
-def risk_coverage(score: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The risk–coverage curve (Geifman & El-Yaniv, 2017).
-
-    Args:
-        score: `(n,)` ranking score (answer the highest first), e.g. calibrated confidence.
-        correct: `(n,)` whether each answer is right.
-
-    Returns:
-        `(coverage, risk)`: for each distinct score, the share answered at or above it and the
-        error rate among those (ties are answered together).
-    """
-    order = np.argsort(-score, kind="stable")
-    s, wrong = score[order], ~np.asarray(correct, bool)[order]
-    k = np.arange(1, len(s) + 1)
-    ends = np.r_[s[1:] != s[:-1], True]
-    return k[ends] / len(s), (np.cumsum(wrong) / k)[ends]
-
-
-def selective_metrics(score: np.ndarray, correct: np.ndarray, answered: np.ndarray) -> dict:
-    """Selective-prediction numbers of one operating point and its whole curve.
-
-    Args:
-        score: `(n,)` ranking score (see `risk_coverage`).
-        correct: `(n,)` whether each answer is right.
-        answered: `(n,)` whether the product answers (status `"predicted"`).
-
-    Returns:
-        `aurc` (area under the risk–coverage curve), `coverage` and `accuracy_at_coverage` of
-        `answered`, and `coverage_at_99_accuracy` (the most answered at ≥ 99 % accuracy).
-    """
-    coverage, risk = risk_coverage(score, correct)
-    weights = np.diff(np.r_[0.0, coverage])  # each block of tied scores weighs its size
-    at99 = coverage[risk <= 0.01]
-    return {"aurc": float(np.sum(weights * risk)), "coverage": float(np.mean(answered)),
-            "accuracy_at_coverage": float(np.mean(correct[answered])) if answered.any() else None,
-            "coverage_at_99_accuracy": float(at99.max()) if len(at99) else 0.0}  # fmt: skip
-
-
-def bootstrap(fn, groups: Sequence[Sequence[np.ndarray]], n_resamples: int = 1000, seed: int = 0,
-              level: float = 0.95) -> dict:  # fmt: skip
-    """Percentile CIs of `fn(*arrays)` (a dict of numbers), each group resampled on its own.
-
-    Args:
-        fn: Statistic of the resampled arrays, returning `{name: number or None}`.
-        groups: Lists of aligned arrays; each list is resampled with one set of indices.
-        n_resamples: Bootstrap resamples.
-        seed: Resampling seed.
-        level: Confidence level.
-
-    Returns:
-        `{name: [low, high]}` (`[None, None]` when the statistic is never defined).
-    """
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_resamples):
-        args = []
-        for group in groups:
-            idx = rng.integers(0, len(group[0]), len(group[0]))
-            args += [np.asarray(a)[idx] for a in group]
-        draws.append(fn(*args))
-    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    out = {}
-    for key in draws[0]:
-        values = np.array([np.nan if d[key] is None else d[key] for d in draws], dtype=float)
-        ok = values[~np.isnan(values)]
-        out[key] = [round(float(v), 6) for v in np.percentile(ok, q)] if len(ok) else [None, None]
-    return out

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from btc import config, data, ood, oodsets
+from btc import artifacts, config, datasets, ood, oodmetrics, oodsets
+from btc.artifacts import trained_model_names
+from btc.calibration import apply_temperature, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
-from btc.evaluate import apply_temperature, ensemble, trained_model_names
 
 OOD_DIR_ENV = "BTC_OOD_DIR"
 PARTS = (
@@ -39,10 +40,11 @@ def _outputs(model, meta: dict, frames: dict, arrays: np.ndarray, batch_size: in
     )
     outs = {"images": ood.forward(model, fmodel, arrays, batch_size)}
     for key, (frame, split) in frames.items():
-        ds = data.make_dataset(frame, split, meta["image_size"], batch_size, augment=False,
+        ds = datasets.make_dataset(frame, split, meta["image_size"], batch_size, augment=False,
                                shuffle=False, cache=False, class_names=meta["class_names"])  # fmt: skip
         outs[key] = ood.forward(model, fmodel, ds)
         outs[key]["labels"] = to_canonical[np.concatenate([y.numpy() for _, y in ds])]
+        outs[key]["groups"] = frame.loc[frame.split == split, "group"].to_numpy()
     for out in outs.values():
         calibrated = apply_temperature(out["probs"], meta.get("temperature", 1.0))
         out["calibrated"] = calibrated[:, canonical]
@@ -55,49 +57,92 @@ def _scale(val_score: np.ndarray, accept_rate: float) -> dict:
     return {"median": median, "spread": max(spread, 1e-6 * max(abs(median), 1.0))}
 
 
-def _thresholds(val_score, calibrated, labels, accept_rate, target_error, min_answered) -> dict:
-    """The OOD threshold and, on the scans it accepts, the confidence threshold (validation)."""
-    threshold = float(np.quantile(val_score, accept_rate, method="higher"))
-    accepted = val_score <= threshold
+def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, min_answered) -> dict:
+    """The OOD threshold and, on the validation scans it accepts, the confidence threshold.
+
+    The OOD threshold is the highest of the `accept_rate` quantiles of each in-distribution
+    source (`val`, and `ext_train_held_out` when there is an external set), so that every source
+    has at least `accept_rate` of its scans accepted.
+    """
+    per_source = {
+        k: float(np.quantile(v, accept_rate, method="higher")) for k, v in sources.items()
+    }
+    threshold = max(per_source.values())
+    accepted = sources["val"] <= threshold
     confidence, correct = calibrated.max(1)[accepted], (calibrated.argmax(1) == labels)[accepted]
     fit = ood.fit_confidence_threshold(confidence, correct, target_error, min_answered)
     return {"ood_threshold": round(threshold, 6), "accept_rate": accept_rate,
+            "source_thresholds": {k: round(v, 6) for k, v in per_source.items()},
+            "accepted": {k: round(float(np.mean(v <= threshold)), 6) for k, v in sources.items()},
             "val_accepted": round(float(accepted.mean()), 6),
             "confidence_threshold": fit["threshold"], "target_met": fit["target_met"],
             "target_error": target_error, "val_selective": fit}  # fmt: skip
 
 
-def _fit_model(name, models_dir, meta, outs, colours, select, fit_args) -> tuple[dict, dict]:
+def _gaussians(outs: dict, ext_keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`ood.fit_gaussian` of every feature set: the 4 classes of the train split and, as a fifth
+    cluster ("tumour, type unknown"), the external train groups (those in `ext_keep`)."""
+    k, sets = len(CLASS_NAMES), [outs["train"]]
+    if "ext_train" in outs:
+        ext = outs["ext_train"]
+        keep = np.ones(len(ext["labels"]), bool) if ext_keep is None else ext_keep
+        sets.append({key: ext[key][keep] for key in (*ood.FEATURES, "labels")})
+    labels = np.concatenate([s["labels"] for s in sets])  # external rows carry label k
+    arrays = {}
+    for part in ood.FEATURES:
+        fitted = ood.fit_gaussian(np.concatenate([s[part] for s in sets]), labels, k + 1)
+        arrays |= {f"{part}_{key}": value for key, value in fitted.items()}
+    return arrays
+
+
+def _held_out_scores(outs: dict) -> dict[str, np.ndarray]:
+    """Raw scores of the external train scans, each from a fit without its own fold.
+
+    Two folds of whole near-copy groups (sorted group ids, alternating): like validation scans,
+    the scores used for the threshold never come from a fit that saw them.
+    """
+    ext = outs["ext_train"]
+    groups = np.unique(ext["groups"])
+    first = np.isin(ext["groups"], groups[::2])
+    scores = {m: np.zeros(len(first)) for m in ood.METHODS}
+    for fold in (first, ~first):
+        if fold.any():
+            part = {key: ext[key][fold] for key in (*ood.FEATURES, "logits", "probs")}
+            for m, v in ood.raw_scores(part, _gaussians(outs, ~fold)).items():
+                scores[m][fold] = v
+    return scores
+
+
+def _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args) -> tuple[dict, dict]:
     """Fit, choose the method, store `ood.npz` and `ood.json`; never reads the test sets.
 
     Returns:
         The stored info and every method's scaled score per set (`{method: {set: (n,)}}`).
     """
-    k, train = len(CLASS_NAMES), outs["train"]
-    keep = train["labels"] < k  # external "tumour, type unknown" rows have no class mean
-    arrays = {}
-    for part in ("pool", "dense"):
-        fitted = ood.fit_gaussian(train[part][keep], train["labels"][keep], k)
-        arrays |= {f"{part}_{key}": value for key, value in fitted.items()}
+    arrays = _gaussians(outs)
     raw = {s: ood.raw_scores(out, arrays) for s, out in outs.items() if s != "train"}
+    if "ext_train" in outs:
+        raw["ext_train_held_out"] = _held_out_scores(outs)
     scales = {m: _scale(raw["val"][m], fit_args[0]) for m in ood.METHODS}
     scaled = {m: {s: ood.normalise(r[m], scales[m]) for s, r in raw.items()} for m in ood.METHODS}
-    brain = [s for s in ("val", "ext_train") if s in outs]
+    brain = [s for s in ("val", "ext_train_held_out") if s in raw]
     selection = {}
     for m in ood.METHODS:
         inside = np.concatenate([ood.combine(scaled[m][s], colours[s]) for s in brain])
         outside = ood.combine(scaled[m]["images"], colours["images"])[select]
-        selection[m] = round(ood.auroc(inside, outside), 6)
+        selection[m] = round(oodmetrics.auroc(inside, outside), 6)
     method = max(ood.METHODS, key=lambda m: (selection[m], -ood.METHODS.index(m)))
-    val = ood.combine(scaled[method]["val"], colours["val"])
+    sources = {s: ood.combine(scaled[method][s], colours[s]) for s in brain}
     info = {
         "model": name, "method": method, "scales": scales, "selection_auroc": selection,
-        **_thresholds(val, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
+        "stage_layers": ood.stage_layers(model, meta["gradcam_layer"]),
+        **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
         "temperature": meta.get("temperature", 1.0),
-        "model_sha256": data.file_sha256(Path(models_dir) / name / "model.keras"),
+        "model_sha256": datasets.file_sha256(Path(models_dir) / name / "model.keras"),
         "colour": {"chroma": ood.COLOUR_CHROMA, "fraction": ood.COLOUR_FRACTION,
                    "val_max": round(float(np.max(colours["val"])), 6)},
-        "fitted_on": {"statistics": "train", "thresholds": "val",
+        "fitted_on": {"statistics": " + ".join(s for s in ("train", "ext_train") if s in outs),
+                      "thresholds": " + ".join(brain),
                       "method": f"{' + '.join(brain)} vs the select part"},
     }  # fmt: skip
     folder = Path(models_dir) / name
@@ -116,16 +161,18 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[
     weights = fitted if set(fitted) == set(names) else dict.fromkeys(names, 1 / len(names))
     sets = members[names[0]]["calibrated"]
     member = {
-        "scaled": {s: np.mean([members[n]["scaled"][s] for n in names], 0) for s in sets},
+        "scaled": {s: np.mean([members[n]["scaled"][s] for n in names], 0)
+                   for s in members[names[0]]["scaled"]},
         "calibrated": {s: ensemble([members[n]["calibrated"][s] for n in names],
                                    [weights[n] for n in names]) for s in sets},
         "labels": members[names[0]]["labels"],
     }  # fmt: skip
-    val = ood.combine(member["scaled"]["val"], colours["val"])
+    brain = [s for s in ("val", "ext_train_held_out") if s in member["scaled"]]
+    sources = {s: ood.combine(member["scaled"][s], colours[s]) for s in brain}
     info = {"model": "ensemble", "members": names, "weights": weights,
             "method": "mean of the members' scaled scores",
-            **_thresholds(val, member["calibrated"]["val"], member["labels"]["val"], *fit_args),
-            "fitted_on": {"thresholds": "val"}}  # fmt: skip
+            **_thresholds(sources, member["calibrated"]["val"], member["labels"]["val"], *fit_args),
+            "fitted_on": {"thresholds": " + ".join(brain)}}  # fmt: skip
     config.write_json_atomic(Path(models_dir) / ood.ENSEMBLE_FILE, info)
     return info, member
 
@@ -136,7 +183,7 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[
 def _rate(flags: np.ndarray) -> dict:
     k, n = int(np.sum(flags)), len(flags)
     return {"n": n, "count": k, "rate": round(k / n, 6) if n else None,
-            "ci": [round(v, 6) for v in ood.clopper_pearson(k, n)]}  # fmt: skip
+            "ci": [round(v, 6) for v in oodmetrics.clopper_pearson(k, n)]}  # fmt: skip
 
 
 def _with_ci(point: dict, ci: dict) -> dict:
@@ -146,10 +193,22 @@ def _with_ci(point: dict, ci: dict) -> dict:
 
 def _separation(inside: np.ndarray, outside: np.ndarray, n_resamples: int, seed: int) -> dict:
     def numbers(a, b):
-        return {"auroc": ood.auroc(a, b), "fpr_at_95_tpr": ood.fpr_at_tpr(a, b)}
+        return {"auroc": oodmetrics.auroc(a, b), "fpr_at_95_tpr": oodmetrics.fpr_at_tpr(a, b)}
 
-    ci = ood.bootstrap(numbers, [[inside], [outside]], n_resamples, seed)
+    ci = oodmetrics.bootstrap(numbers, [[inside], [outside]], n_resamples, seed)
     return _with_ci(numbers(inside, outside), ci)
+
+
+def _external_rejected(score: dict, t: float) -> dict | None:
+    """Br35H tumour scans rejected: held-out test groups, all groups (train groups scored by the
+    stored fit, which saw them) and the train groups scored by a fit without their fold."""
+    if "ext_test" not in score:
+        return None
+    out = {"test": _rate(score["ext_test"] > t)}
+    if "ext_train" in score:
+        out["all"] = _rate(np.r_[score["ext_test"], score["ext_train"]] > t)
+        out["train_held_out"] = _rate(score["ext_train_held_out"] > t)
+    return out
 
 
 def _report(info: dict, member: dict, colours: dict, images: list[dict], n_bootstrap, seed) -> dict:
@@ -161,22 +220,25 @@ def _report(info: dict, member: dict, colours: dict, images: list[dict], n_boots
     answered = ~rejected & (cal.max(1) >= limit)
     correct = cal.argmax(1) == y
     ranking = np.where(rejected, -1.0, cal.max(1))  # rejected scans are abstained from first
-    selective = ood.bootstrap(ood.selective_metrics, [[ranking, correct, answered]], n_bootstrap, seed)  # fmt: skip
+    selective = oodmetrics.bootstrap(oodmetrics.selective_metrics, [[ranking, correct, answered]], n_bootstrap, seed)  # fmt: skip
     out = {
         "method": info["method"], "ood_threshold": t,
         "confidence_threshold": info["confidence_threshold"], "target_met": info["target_met"],
         "val_selective": info["val_selective"], "test_rejected": _rate(rejected),
         "status_counts": {"predicted": int(answered.sum()), "out_of_distribution": int(rejected.sum()),
                           "uncertain": int((~rejected & ~answered).sum())},
-        "selective": _with_ci(ood.selective_metrics(ranking, correct, answered), selective),
+        "selective": _with_ci(oodmetrics.selective_metrics(ranking, correct, answered), selective),
         "external_accepted": _rate(score["ext_test"] <= t) if "ext_test" in score else None,
-        "rejected_by_kind": {}, "curve": ood.risk_coverage(ranking, correct),
+        "external_rejected": _external_rejected(score, t),
+        "rejected_by_kind": {}, "curve": oodmetrics.risk_coverage(ranking, correct),
     }  # fmt: skip
     for kind in sorted({i["kind"] for i in images}):
         for part in ("report", "select"):
             mask = np.array([i["kind"] == kind and i["part"] == part for i in images])
             if mask.any():
                 out["rejected_by_kind"].setdefault(kind, {})[part] = _rate(score["images"][mask] > t)  # fmt: skip
+        mask = np.array([i["kind"] == kind for i in images])
+        out["rejected_by_kind"][kind]["all"] = _rate(score["images"][mask] > t)
     reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
     if reported.any():
         out["report"] = _separation(score["test"], score["images"][reported], n_bootstrap, seed)
@@ -189,7 +251,7 @@ def _method_aurocs(scaled: dict, colours: dict, reported: np.ndarray) -> dict | 
     """Every method's AUROC on the report part (test split vs reported OOD images)."""
     if not reported.any():
         return None
-    return {m: round(ood.auroc(ood.combine(scaled[m]["test"], colours["test"]),
+    return {m: round(oodmetrics.auroc(ood.combine(scaled[m]["test"], colours["test"]),
                                ood.combine(scaled[m]["images"], colours["images"])[reported]), 6)
             for m in ood.METHODS}  # fmt: skip
 
@@ -231,13 +293,13 @@ def fit_and_report(
         FileNotFoundError: If no trained model or no manifest exists.
         ValueError: On an out-of-range argument or an `ood_dir` that is not a folder.
     """
-    from btc import external, plots, train
+    from btc import external, plots
 
     config.check_range("accept_rate", accept_rate, 0.5, 1.0, high_inclusive=False)
     config.check_range("target_error", target_error, 0.0, 1.0, low_inclusive=False)
     config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
     manifest_path = Path(manifest_path or config.MANIFEST_PATH)
-    manifest = data.load_manifest(manifest_path, check_leakage=False)
+    manifest = datasets.load_manifest(manifest_path, check_leakage=False)
     names = list(model_names or trained_model_names(models_dir))
     if not names:
         raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
@@ -257,13 +319,15 @@ def fit_and_report(
     for key, (frame, split) in frames.items():
         paths = frame.loc[frame.split == split, "path"]
         colours[key] = np.array([ood.colour_fraction(Path(p).read_bytes()) for p in paths])
+    if "ext_train" in colours:
+        colours["ext_train_held_out"] = colours["ext_train"]
     fit_args = (accept_rate, target_error, min_answered)
     fitted, members = {}, {}
     for name in names:
-        model, meta = train.load_trained(name, models_dir)
+        model, meta = artifacts.load_trained(name, models_dir)
         arrays = oodsets.to_arrays([i["raw"] for i in images], meta["image_size"])
         outs = _outputs(model, meta, frames, arrays, batch_size)
-        fitted[name], scaled = _fit_model(name, models_dir, meta, outs, colours, select, fit_args)
+        fitted[name], scaled = _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args)  # fmt: skip
         fitted[name]["report_auroc"] = _method_aurocs(scaled, colours, reported)
         members[name] = {"scaled": scaled[fitted[name]["method"]],
                          "calibrated": {s: o["calibrated"] for s, o in outs.items() if s != "train"},
@@ -284,7 +348,7 @@ def fit_and_report(
         "ood_dir": None if ood_dir is None else str(ood_dir),
         "note": None if folder else f"no OOD folder (set ${OOD_DIR_ENV} or `ood_dir`): OOD-image report skipped",
         "accept_rate": accept_rate, "target_error": target_error, "n_bootstrap": n_bootstrap,
-        "manifest_sha256": data.file_sha256(manifest_path), "models": entries,
+        "manifest_sha256": datasets.file_sha256(manifest_path), "models": entries,
         "images": [{k: v for k, v in i.items() if k != "raw"} for i in images],
     }  # fmt: skip
     config.write_json_atomic(out / "ood_report.json", report)
@@ -321,15 +385,20 @@ def report_markdown(report: dict) -> str:
     kinds = sorted({k for e in models.values() for k, p in e["rejected_by_kind"].items() if "report" in p})  # fmt: skip
     rows = []
     for name, e in models.items():
-        r, ext, test = e.get("report") or {}, e.get("external_accepted") or {}, e["test_rejected"]
+        r, test = e.get("report") or {}, e["test_rejected"]
+        ext = e.get("external_rejected") or {}
+        ext_cells = [
+            _pct(ext[k]["rate"], ext[k]["ci"]) if k in ext else "–" for k in ("test", "all")
+        ]
         parts = [e["rejected_by_kind"].get(k, {}).get("report") for k in kinds]
         rows.append([name, _pct(r.get("auroc"), r.get("auroc_ci")),
                      _pct(r.get("fpr_at_95_tpr"), r.get("fpr_at_95_tpr_ci")),
-                     _pct(test["rate"], test["ci"]), _pct(ext.get("rate"), ext.get("ci")),
+                     _pct(test["rate"], test["ci"]), *ext_cells,
                      *(f"{p['count']}/{p['n']}" if p else "–" for p in parts)])  # fmt: skip
     lines += ["", "OOD rejection on the report part, % [95 % CI]; per kind: rejected / images "
               "(brain* kinds must be accepted):", "",
-              *_table(["model", "AUROC", "FPR at 95 % TPR", "test rejected", "Br35H accepted", *kinds], rows)]  # fmt: skip
+              *_table(["model", "AUROC", "FPR at 95 % TPR", "test rejected", "Br35H test groups rejected",
+                       "Br35H all rejected", *kinds], rows)]  # fmt: skip
     rows = []
     for name, e in models.items():
         s, v, n = e["selective"], e["val_selective"], e["status_counts"]

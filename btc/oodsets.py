@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc import data, dicom
+from btc import dicom, images
 
 SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea",
                    "clock", "coffee", "coins", "colorwheel", "grass", "gravel", "horse",
@@ -88,7 +88,7 @@ def pydicom_images() -> list[dict]:
             ds = pydicom.dcmread(get_testdata_file(name))
             arr = ds.pixel_array
             if ds.PhotometricInterpretation in dicom.PHOTOMETRIC:
-                arr = dicom._frame_pixels(ds, arr.reshape(-1, *arr.shape[-2:])[0], 0, dicom.PERCENTILES)[0]  # fmt: skip
+                arr = dicom.frame_pixels(ds, arr.reshape(-1, *arr.shape[-2:])[0], 0, dicom.PERCENTILES)[0]  # fmt: skip
             elif ds.PhotometricInterpretation == "PALETTE COLOR":
                 arr = (apply_color_lut(arr, ds) // 256).astype(np.uint8)
             arr = arr[0] if arr.ndim == 4 else arr
@@ -128,7 +128,7 @@ def folder_images(folder: str | Path) -> list[dict]:
     by_kind: dict[str, list[dict]] = {}
     for path in sorted(p for p in folder.glob("*/*") if p.is_file()):
         raw = path.read_bytes()
-        if data.detect_format(raw[:16]) not in ("jpeg", "png"):
+        if images.detect_format(raw[:16]) not in ("jpeg", "png"):
             continue
         kind = path.parent.name
         if any(h in path.name.lower() for h in HEAD_CT_NAMES):
@@ -149,6 +149,6 @@ def to_arrays(raws: list[bytes], image_size: int) -> np.ndarray:
     import tensorflow as tf
 
     return np.stack([
-        tf.image.grayscale_to_rgb(tf.cast(data.decode_and_resize(tf.constant(r), image_size), tf.float32) / 255.0).numpy()
+        tf.image.grayscale_to_rgb(tf.cast(images.decode_and_resize(tf.constant(r), image_size), tf.float32) / 255.0).numpy()
         for r in raws
     ])  # fmt: skip

@@ -23,7 +23,7 @@ from pydicom import uid
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from btc import cli, dicom, llm, predict
+from btc import cli, deidentify, dicom, images, llm, predict
 
 PHI = {
     "PatientName": "DOE^JANE",
@@ -333,7 +333,7 @@ def test_deidentify_folder_follows_the_basic_profile(tmp_path):
         )
     (src / "readme.txt").write_text("not dicom")
     before = {p: _sha(p) for p in src.rglob("*") if p.is_file()}
-    report = dicom.deidentify(src, tmp_path / "out")
+    report = deidentify.deidentify(src, tmp_path / "out")
     assert {p: _sha(p) for p in src.rglob("*") if p.is_file()} == before  # input untouched
     assert len(report["written"]) == 2 and list(report["skipped"]) == [str(src / "readme.txt")]
     assert report["skipped"][str(src / "readme.txt")].startswith("not a DICOM file")
@@ -369,12 +369,12 @@ def test_deidentify_refuses_to_touch_its_input_and_burned_in_text(tmp_path):
     make_mr(tmp_path / "in" / "a.dcm")
     make_mr(tmp_path / "in" / "b.dcm", extra={"BurnedInAnnotation": "YES"})
     with pytest.raises(ValueError, match="`dst` must lie outside `src`"):
-        dicom.deidentify(tmp_path / "in", tmp_path / "in" / "out")
+        deidentify.deidentify(tmp_path / "in", tmp_path / "in" / "out")
     with pytest.raises(ValueError, match="`dst` must lie outside `src`"):
-        dicom.deidentify(tmp_path / "in" / "a.dcm", tmp_path / "in")
+        deidentify.deidentify(tmp_path / "in" / "a.dcm", tmp_path / "in")
     with pytest.raises(ValueError, match="Received: src="):
-        dicom.deidentify(tmp_path / "missing", tmp_path / "out")
-    report = dicom.deidentify(tmp_path / "in", tmp_path / "out")
+        deidentify.deidentify(tmp_path / "missing", tmp_path / "out")
+    report = deidentify.deidentify(tmp_path / "in", tmp_path / "out")
     assert [Path(p).name for p in report["written"]] == ["a.dcm"]
     assert "BurnedInAnnotation=YES" in report["skipped"][str(tmp_path / "in" / "b.dcm")]
 
@@ -409,9 +409,8 @@ def loaded(tiny_models):
 
 
 def _real_gray(path) -> np.ndarray:
-    from btc import data
 
-    return np.asarray(data.to_grayscale(Image.open(path)))
+    return np.asarray(images.to_grayscale(Image.open(path)))
 
 
 def test_dicom_prediction_equals_the_same_pixels_as_png(loaded):

@@ -13,12 +13,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import llm, ood, oodeval, oodsets, predict, widgets
+from btc import llm, ood, oodeval, oodmetrics, oodsets, predict, widgets
 from tests import images, test_llm
 from tests.conftest import SHARED_DIR, SHARED_EXTERNAL
 
 OOD_DEV = SHARED_DIR / "ood-dev"
 stub = test_llm.stub  # the real google-genai client against a local stub server
+# thresholds come from validation-type data only: the validation split and, with an external set,
+# its train groups scored by a fit without their fold (never the test split or the OOD images)
+THRESHOLDS_FROM = "val + ext_train_held_out" if SHARED_EXTERNAL.is_dir() else "val"
 
 
 def _noise(seed: int = 0, colour: bool = False) -> np.ndarray:
@@ -54,22 +57,77 @@ def test_status_of_follows_the_thresholds():
     assert ood.status_of(0.5, 1.0, 0.99, None, target_met=False) == "uncertain"
 
 
+def _blobs(seed: int = 0) -> dict:
+    """Features of 4 train classes near 0 and an external cluster far away, in 4 groups."""
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(200, 6)) + np.repeat(np.eye(6)[:4], 50, 0)
+    ext = rng.normal(size=(40, 6)) + 8.0
+
+    def out(f, labels, groups=None):
+        o = {p: f.astype(np.float32) for p in ood.FEATURES}
+        o |= {"labels": labels, "logits": f[:, :4], "probs": np.full((len(f), 4), 0.25)}
+        return o | ({"groups": groups} if groups is not None else {})
+
+    return {"train": out(train, np.repeat(np.arange(4), 50)),
+            "ext_train": out(ext, np.full(40, 4), np.repeat([f"g{i}" for i in range(4)], 10))}  # fmt: skip
+
+
+def test_external_train_groups_are_a_cluster_and_are_scored_held_out():
+    outs = _blobs()
+    ext = outs["ext_train"]
+    with_ext = ood.raw_scores(ext, oodeval._gaussians(outs))["mahalanobis_pool"]
+    without = ood.raw_scores(ext, oodeval._gaussians({"train": outs["train"]}))["mahalanobis_pool"]
+    assert with_ext.max() < without.min()  # as a fifth cluster, the Br35H-like scans are near
+    held = oodeval._held_out_scores(outs)["mahalanobis_pool"]
+    first = np.isin(ext["groups"], ["g0", "g2"])  # sorted group ids, alternating
+    for fold in (first, ~first):  # each fold scored by a fit on the train split + the other fold
+        part = {k: v[fold] for k, v in ext.items() if k != "groups"}
+        refit = ood.raw_scores(part, oodeval._gaussians(outs, ~fold))["mahalanobis_pool"]
+        np.testing.assert_allclose(held[fold], refit, rtol=1e-5)
+    assert held.mean() > with_ext.mean()  # a scan its own fit saw looks more typical
+
+
+def test_threshold_accepts_accept_rate_of_every_source():
+    val, ext = np.linspace(0, 1, 101), np.linspace(0, 2, 41)
+    calibrated = np.tile([0.7, 0.1, 0.1, 0.1], (101, 1))
+    fit = oodeval._thresholds({"val": val, "ext_train_held_out": ext}, calibrated,
+                              np.zeros(101, int), 0.95, 0.3, 3)  # fmt: skip
+    assert fit["source_thresholds"] == {"val": 0.95, "ext_train_held_out": 1.9}
+    assert fit["ood_threshold"] == 1.9 and fit["val_accepted"] == 1.0
+    assert fit["accepted"]["ext_train_held_out"] >= 0.95
+
+
+def test_stage_layers_are_the_deepest_activation_per_resolution(tiny_models):
+    from btc import artifacts
+
+    model, meta = artifacts.load_trained("cnn", tiny_models[0])
+    stages = ood.stage_layers(model, meta["gradcam_layer"])
+    assert stages == ["block2_act", "block3_act", "block4_act"]
+    outs = ood.forward(model, ood.feature_model(model, meta), np.zeros((2, meta["image_size"], meta["image_size"], 3), np.float32))  # fmt: skip
+    widths = sum(model.get_layer(n).output.shape[-1] for n in stages)
+    assert outs["stages"].shape == (2, widths) and outs["pool"].shape[1] == 256
+
+
 def test_evaluation_helpers_on_known_values():
     inside, outside = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.35, 0.9, 1.0])
-    assert ood.auroc(inside, outside) == pytest.approx(11 / 12)
-    assert ood.fpr_at_tpr(inside, outside, 0.95) == pytest.approx(1 / 3)  # 0.35 ≤ 0.4 accepted
+    assert oodmetrics.auroc(inside, outside) == pytest.approx(11 / 12)
+    assert oodmetrics.fpr_at_tpr(inside, outside, 0.95) == pytest.approx(
+        1 / 3
+    )  # 0.35 ≤ 0.4 accepted
     score = np.array([0.9, 0.9, 0.8, 0.7, -1.0])
     correct = np.array([1, 0, 1, 1, 0], bool)
-    coverage, risk = ood.risk_coverage(score, correct)
+    coverage, risk = oodmetrics.risk_coverage(score, correct)
     np.testing.assert_allclose(coverage, [0.4, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(risk, [0.5, 1 / 3, 0.25, 0.4])
-    m = ood.selective_metrics(score, correct, score >= 0.8)
+    m = oodmetrics.selective_metrics(score, correct, score >= 0.8)
     assert m["coverage"] == 0.6 and m["accuracy_at_coverage"] == pytest.approx(2 / 3)
     assert m["aurc"] == pytest.approx(0.4 * 0.5 + 0.2 / 3 + 0.2 * 0.25 + 0.2 * 0.4)
     assert m["coverage_at_99_accuracy"] == 0.0
-    ci = ood.bootstrap(lambda a, b: {"auroc": ood.auroc(a, b)}, [[inside], [outside]], 200, 0)
+    ci = oodmetrics.bootstrap(
+        lambda a, b: {"auroc": oodmetrics.auroc(a, b)}, [[inside], [outside]], 200, 0
+    )
     assert 0 <= ci["auroc"][0] <= 11 / 12 <= ci["auroc"][1] <= 1
-    assert ood.clopper_pearson(0, 5)[0] == 0 and ood.clopper_pearson(5, 5) == (pytest.approx(0.478, abs=1e-3), 1.0)  # fmt: skip
+    assert oodmetrics.clopper_pearson(0, 5)[0] == 0 and oodmetrics.clopper_pearson(5, 5) == (pytest.approx(0.478, abs=1e-3), 1.0)  # fmt: skip
 
 
 def test_colour_fraction_sees_colour_not_rgb_containers():
@@ -138,12 +196,14 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(fitted):
     models_dir, _, report, root = fitted
     for name in ("cnn", "mobilenet"):
         info = json.loads((models_dir / name / "ood.json").read_text())
-        assert info["method"] in ood.METHODS and info["fitted_on"]["thresholds"] == "val"
+        assert info["method"] in ood.METHODS and info["fitted_on"]["thresholds"] == THRESHOLDS_FROM
         assert set(info["selection_auroc"]) == set(ood.METHODS)
         with np.load(models_dir / name / "ood.npz") as npz:
-            assert {"pool_whiten", "pool_means_w", "dense_whiten", "dense_means_w"} <= set(
+            assert {f"{p}_{k}" for p in ood.FEATURES for k in ("whiten", "means_w")} <= set(
                 npz.files
             )
+            # the external train groups are a fifth cluster ("tumour, type unknown")
+            assert len(npz["pool_means_w"]) == 5 if SHARED_EXTERNAL.is_dir() else 4
     assert json.loads((models_dir / "ensemble_ood.json").read_text())["members"] == ["cnn", "mobilenet"]  # fmt: skip
     saved = json.loads((root / "results" / "03_evaluate" / "ood_report.json").read_text())
     assert set(saved["models"]) == {"cnn", "mobilenet", "ensemble"}
@@ -154,17 +214,23 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(fitted):
     assert "| cnn |" in oodeval.report_markdown(saved)
 
 
-def test_ood_threshold_is_the_validation_quantile(fitted, loaded):
-    models_dir, manifest, _, _ = fitted
+def test_ood_threshold_accepts_accept_rate_of_each_validation_source(fitted, loaded):
+    models_dir, manifest, report, _ = fitted
     frame = pd.read_csv(manifest, keep_default_na=False)
     val = frame[frame.split == "val"].path.tolist()
     records = predict.predict(val, "ensemble", loaded, models_dir)
-    for name in ("cnn", "mobilenet"):  # recompute each threshold from the validation scans alone
+    for name in ("cnn", "mobilenet"):  # recompute the validation part from the validation scans
         info = json.loads((models_dir / name / "ood.json").read_text())
         scores = [r["per_model"][name]["ood_score"] for r in records]
         expected = np.quantile(scores, info["accept_rate"], method="higher")
-        assert info["ood_threshold"] == pytest.approx(expected, abs=1e-3)
+        assert info["source_thresholds"]["val"] == pytest.approx(expected, abs=1e-3)
+        assert info["ood_threshold"] == max(info["source_thresholds"].values())
+        assert set(info["source_thresholds"]) == set(THRESHOLDS_FROM.split(" + "))
+        assert all(v >= info["accept_rate"] for v in info["accepted"].values())
         assert info["val_accepted"] >= info["accept_rate"]
+    ext = report["models"]["mobilenet"]["external_rejected"]
+    if SHARED_EXTERNAL.is_dir():  # 8 held-out test groups, all 16, the 8 train ones held out
+        assert (ext["test"]["n"], ext["all"]["n"], ext["train_held_out"]["n"]) == (8, 16, 8)
 
 
 def test_thresholds_do_not_depend_on_the_test_split(fitted, tiny_models, tmp_path):
@@ -200,13 +266,14 @@ def test_status_contract(fitted, loaded, tmp_path):
         cnn.clear()
         cnn.update(saved)
     for r in rec[:2]:
-        assert r["thresholds"]["fitted_on"] == "val" and r["thresholds"]["method"] == cnn["method"]
+        assert r["thresholds"]["fitted_on"] == THRESHOLDS_FROM
+        assert r["thresholds"]["method"] == cnn["method"]
     assert rec[1]["ood_reason"] == "colour image" and rec[1]["class"] in rec[1]["probabilities"]
     assert rec[2]["ok"] is False and "bad.png" in rec[2]["error"] and "status" not in rec[2]
     ens = predict.predict([scan, str(colour)], "ensemble", loaded, models_dir)
     assert ens[1]["status"] == "out_of_distribution"
     for r in ens:
-        assert r["status"] in ood.STATUSES and r["thresholds"]["fitted_on"] == "val"
+        assert r["status"] in ood.STATUSES and r["thresholds"]["fitted_on"] == THRESHOLDS_FROM
         assert all(m["status"] in ood.STATUSES for m in r["per_model"].values())
 
 

@@ -1,0 +1,131 @@
+"""Numbers of the OOD check and of selective prediction: AUROC, FPR at 95 % TPR, risk–coverage.
+
+Used by `btc.oodeval` (03_evaluate) to choose and report the OOD method; `clopper_pearson` also
+bounds the validation error of the confidence threshold (`btc.ood.fit_confidence_threshold`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) binomial CI of `k / n`, for rates over a handful of images.
+
+    A bootstrap of 5 of 5 collapses to [1, 1]; this interval stays honest at 0 and n.
+
+    Args:
+        k: Successes.
+        n: Trials (`(0, 1)` for none).
+        level: Confidence level.
+
+    Returns:
+        `(low, high)`.
+    """
+    if n == 0:
+        return (0.0, 1.0)
+    a = (1 - level) / 2
+    lo = stats.beta.ppf(a, k, n - k + 1) if k > 0 else 0.0
+    hi = stats.beta.ppf(1 - a, k + 1, n - k) if k < n else 1.0
+    return (float(lo), float(hi))
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """AUROC of telling OOD images (positives) from in-distribution ones by their score.
+
+    Args:
+        in_scores: `(n,)` scores of in-distribution images.
+        out_scores: `(m,)` scores of OOD images (higher should mean OOD).
+
+    Returns:
+        The area under the ROC curve (0.5 = chance, 1 = perfect).
+    """
+    y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    return float(skm.roc_auc_score(y, np.r_[in_scores, out_scores]))
+
+
+def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """FPR at `tpr` TPR, positives being in-distribution images (Liu et al., 2020).
+
+    Args:
+        in_scores: `(n,)` scores of in-distribution images.
+        out_scores: `(m,)` scores of OOD images.
+        tpr: Share of in-distribution images the threshold accepts.
+
+    Returns:
+        The share of OOD images still accepted at that threshold.
+    """
+    return float(np.mean(out_scores <= np.quantile(in_scores, tpr, method="higher")))
+
+
+def risk_coverage(score: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The risk–coverage curve (Geifman & El-Yaniv, 2017).
+
+    Args:
+        score: `(n,)` ranking score (answer the highest first), e.g. calibrated confidence.
+        correct: `(n,)` whether each answer is right.
+
+    Returns:
+        `(coverage, risk)`: for each distinct score, the share answered at or above it and the
+        error rate among those (ties are answered together).
+    """
+    order = np.argsort(-score, kind="stable")
+    s, wrong = score[order], ~np.asarray(correct, bool)[order]
+    k = np.arange(1, len(s) + 1)
+    ends = np.r_[s[1:] != s[:-1], True]
+    return k[ends] / len(s), (np.cumsum(wrong) / k)[ends]
+
+
+def selective_metrics(score: np.ndarray, correct: np.ndarray, answered: np.ndarray) -> dict:
+    """Selective-prediction numbers of one operating point and its whole curve.
+
+    Args:
+        score: `(n,)` ranking score (see `risk_coverage`).
+        correct: `(n,)` whether each answer is right.
+        answered: `(n,)` whether the product answers (status `"predicted"`).
+
+    Returns:
+        `aurc` (area under the risk–coverage curve), `coverage` and `accuracy_at_coverage` of
+        `answered`, and `coverage_at_99_accuracy` (the most answered at ≥ 99 % accuracy).
+    """
+    coverage, risk = risk_coverage(score, correct)
+    weights = np.diff(np.r_[0.0, coverage])  # each block of tied scores weighs its size
+    at99 = coverage[risk <= 0.01]
+    return {"aurc": float(np.sum(weights * risk)), "coverage": float(np.mean(answered)),
+            "accuracy_at_coverage": float(np.mean(correct[answered])) if answered.any() else None,
+            "coverage_at_99_accuracy": float(at99.max()) if len(at99) else 0.0}  # fmt: skip
+
+
+def bootstrap(fn, groups: Sequence[Sequence[np.ndarray]], n_resamples: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict:  # fmt: skip
+    """Percentile CIs of `fn(*arrays)` (a dict of numbers), each group resampled on its own.
+
+    Args:
+        fn: Statistic of the resampled arrays, returning `{name: number or None}`.
+        groups: Lists of aligned arrays; each list is resampled with one set of indices.
+        n_resamples: Bootstrap resamples.
+        seed: Resampling seed.
+        level: Confidence level.
+
+    Returns:
+        `{name: [low, high]}` (`[None, None]` when the statistic is never defined).
+    """
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_resamples):
+        args = []
+        for group in groups:
+            idx = rng.integers(0, len(group[0]), len(group[0]))
+            args += [np.asarray(a)[idx] for a in group]
+        draws.append(fn(*args))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out = {}
+    for key in draws[0]:
+        values = np.array([np.nan if d[key] is None else d[key] for d in draws], dtype=float)
+        ok = values[~np.isnan(values)]
+        out[key] = [round(float(v), 6) for v in np.percentile(ok, q)] if len(ok) else [None, None]
+    return out
