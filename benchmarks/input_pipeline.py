@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from btc import config, data
+from btc import config, datasets
 
 
 def _rate(iterator, n_images: int) -> float:
@@ -33,7 +33,7 @@ def legacy_rate(data_dir: Path, size: int, n_images: int) -> float:
 
 
 def btc_rates(manifest, size: int, n_images: int) -> tuple[float, float]:
-    ds = data.make_dataset(manifest, "train", size, 32, augment=True, seed=0, cache=True)
+    ds = datasets.make_dataset(manifest, "train", size, 32, augment=True, seed=0, cache=True)
     cold = _rate(iter(ds), n_images)  # first pass decodes and fills the cache
     for _ in ds:  # finish the epoch so the cache is complete
         pass
@@ -41,7 +41,7 @@ def btc_rates(manifest, size: int, n_images: int) -> tuple[float, float]:
 
 
 def main(n_images: int = 1024) -> list[dict]:
-    manifest = data.load_manifest(config.MANIFEST_PATH)
+    manifest = datasets.load_manifest(config.MANIFEST_PATH)
     rows = []
     for size in (299, 128):
         legacy = legacy_rate(Path(config.DATA_DIR), size, n_images)

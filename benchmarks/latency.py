@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from btc import evaluate, train
+from btc import artifacts
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -23,8 +23,8 @@ def median_ms(fn, repeats: int) -> float:
 
 def main(repeats: int = 30) -> list[dict]:
     rows = []
-    for name in evaluate.trained_model_names():
-        model, meta = train.load_trained(name)
+    for name in artifacts.trained_model_names():
+        model, meta = artifacts.load_trained(name)
         s = meta["image_size"]
         x = np.random.default_rng(0).random((1, s, s, 3), dtype=np.float32)
         batch = np.random.default_rng(1).random((256, s, s, 3), dtype=np.float32)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from latency import median_ms
 
-from btc import config, data, evaluate, export, train
+from btc import artifacts, config, datasets, evaluate, export
 
 
 def _variant(name: str, quantize: str, models_dir: Path, manifest: Path):
@@ -30,7 +30,7 @@ def _variant(name: str, quantize: str, models_dir: Path, manifest: Path):
 def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = config.MANIFEST_PATH,
          repeats: int = 30, n_bootstrap: int = 1000) -> list[dict]:  # fmt: skip
     models_dir, manifest = Path(models_dir), Path(manifest)
-    names = evaluate.trained_model_names(models_dir)
+    names = artifacts.trained_model_names(models_dir)
     if not names or not manifest.is_file():
         print(f"skipped: needs trained models in {models_dir} and {manifest} (make pipeline)")
         return []
@@ -39,18 +39,18 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
     except ImportError as exc:
         print(f"skipped: {exc}")
         return []
-    frame = data.load_manifest(manifest)
+    frame = datasets.load_manifest(manifest)
     rows = []
     for name in names:
-        model, meta = train.load_trained(name, models_dir)
-        x1 = next(iter(data.make_dataset(frame, "test", meta["image_size"], 1, augment=False,
+        model, meta = artifacts.load_trained(name, models_dir)
+        x1 = next(iter(datasets.make_dataset(frame, "test", meta["image_size"], 1, augment=False,
                                          shuffle=False, cache=False)))[0].numpy()  # fmt: skip
-        probs, labels = evaluate.predict_split(model, meta, frame, "test")
+        probs, labels = datasets.predict_split(model, meta, frame, "test")
         keras_top1 = probs.argmax(1)
         variants = [("keras", model, (models_dir / name / "model.keras").stat().st_size, probs)]
         for quantize in export.QUANTIZE:
             lite, lite_meta = _variant(name, quantize, models_dir, manifest)
-            lite_probs, _ = evaluate.predict_split(lite, lite_meta, frame, "test")
+            lite_probs, _ = datasets.predict_split(lite, lite_meta, frame, "test")
             variants.append((quantize, lite, lite_meta["tflite_bytes"], lite_probs))
         for variant, runner, size, p in variants:
             ci = evaluate.bootstrap_ci(labels, p, n_bootstrap, class_names=meta["class_names"])

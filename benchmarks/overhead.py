@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 
-from btc import config, data, models, train
+from btc import config, datasets, models, train
 
 
 def main(repeats: int = 2) -> dict:
-    manifest = data.load_manifest(config.MANIFEST_PATH)
-    ds = data.make_dataset(manifest, "train", 128, 32, augment=True, seed=0, cache=True)
+    manifest = datasets.load_manifest(config.MANIFEST_PATH)
+    ds = datasets.make_dataset(manifest, "train", 128, 32, augment=True, seed=0, cache=True)
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])  # also fills the cache
     x, y = np.concatenate(xs), np.concatenate(ys)
     model = models.build_model("mobilenet", image_size=128, weights=None, alpha=0.25)

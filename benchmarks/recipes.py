@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from btc import config, evaluate, external, train
+from btc import artifacts, config, datasets, external, train
 
 BASE = dict(model="mobilenet", alpha=0.25, image_size=128, batch_size=32, weights="imagenet",
             patience=4, seed=42, epochs_head=2, epochs_finetune=8, lr_head=1e-3,
@@ -36,16 +36,21 @@ ROWS = {
           dict(recipe="one_phase", style_augment=True, external=True)),
     "E": ("D at 160 px", dict(recipe="one_phase", style_augment=True, external=True,
                               image_size=160)),
-    "F": ("cnn from scratch, D's data, 12 epochs",
+    "F": ("cnn_plain (4 conv blocks, flatten + dense head) from scratch, D's data, 12 epochs",
+          dict(model="cnn_plain", weights="none", epochs_head=12, epochs_finetune=0,
+               style_augment=True, external=True, patience=12)),
+    "G": ("cnn (residual blocks, global-average-pool head) from scratch, D's data, 12 epochs",
           dict(model="cnn", weights="none", epochs_head=12, epochs_finetune=0,
-               style_augment=True, external=True)),
+               style_augment=True, external=True, patience=12)),
+    "H": ("G with peak learning rate 3e-3", dict(model="cnn", weights="none", epochs_head=12,
+          epochs_finetune=0, style_augment=True, external=True, patience=12, lr_head=3e-3)),
 }  # fmt: skip
 
 
 def external_sensitivity(model, metadata: dict, ext) -> dict:
     """Tumour sensitivity of one model on the external test groups."""
     test = ext[ext.split == "test"]
-    probs, _ = evaluate.predict_split(model, metadata, test, "test")
+    probs, _ = datasets.predict_split(model, metadata, test, "test")
     return external.tumour_sensitivity(probs, test["group"].to_numpy(), metadata["class_names"])
 
 
@@ -55,7 +60,7 @@ def run_row(key: str, work: Path, ext) -> dict:
     start = time.perf_counter()
     meta = train.train(cfg, config.MANIFEST_PATH, work / "models", work / "results", verbose=2)
     minutes = (time.perf_counter() - start) / 60
-    model, meta = train.load_trained(cfg.name, work / "models")
+    model, meta = artifacts.load_trained(cfg.name, work / "models")
     sens = external_sensitivity(model, meta, ext) if ext is not None else None
     return {"row": key, "recipe": label, "image_size": cfg.image_size, "model": cfg.model,
             "best_val_accuracy": round(meta["best_val_accuracy"], 4), "epochs": meta["epochs_run"],

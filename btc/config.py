@@ -134,7 +134,23 @@ def check_range(
     return value
 
 
-class _StageConfig:
+MAX_IMAGE_SIZE = 1024
+
+
+def check_image_size(value: Any, min_size: int = 32) -> int:
+    """Return `value` if it is a valid input side length (an int in [`min_size`, 1024]).
+
+    The one check of `image_size`, used by every stage config, `make_dataset` and `build_model`
+    (which passes its architecture's smallest size).
+
+    Raises:
+        TypeError: If `value` is not an int.
+        ValueError: If it is out of range.
+    """
+    return check_range("image_size", value, min_size, MAX_IMAGE_SIZE, types=int)
+
+
+class StageConfig:
     """Mixin: build a frozen dataclass from a parameter mapping, rejecting unknown keys."""
 
     @classmethod
@@ -172,7 +188,7 @@ class _StageConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PreprocessConfig(_StageConfig):
+class PreprocessConfig(StageConfig):
     """Validated parameters of the data stage (01_preprocess).
 
     Args:
@@ -227,7 +243,7 @@ class PreprocessConfig(_StageConfig):
         check_range("test_fraction", self.test_fraction, 0.0, 0.5, low_inclusive=False)
         check_range("near_threshold", self.near_threshold, 0, 32, types=int)
         check_range("rewindow_similarity", self.rewindow_similarity, 0.5, 1.0)
-        check_range("image_size", self.image_size, 32, 1024, types=int)
+        check_image_size(self.image_size)
         check_range("workers", self.workers, 0, 64, types=int)
         check_range("sample_per_class", self.sample_per_class, 0, types=int)
         check_range("external_train_fraction", self.external_train_fraction, 0.0, 0.9)
@@ -280,4 +296,9 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write `obj` as indented JSON to `path` atomically and return the path."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    """Typed records (e.g. `artifacts.Metadata`) as their dicts; anything else as its `str`."""
+    return obj.to_dict() if callable(getattr(obj, "to_dict", None)) else str(obj)

@@ -1,21 +1,18 @@
-"""Data stage: index a raw folder, audit it, find duplicates, split without leakage, feed tf.data.
+"""Data stage: index a raw folder, audit it, find duplicates, split without leakage.
 
 Data flows one way: raw folder (never modified) → index table → duplicate groups → manifest
-(`data/processed/manifest.csv`) → `make_dataset`. This module knows no model; TensorFlow is
-imported only inside `make_dataset` so indexing can run in worker processes cheaply.
+(`data/processed/manifest.csv`, read and written by `btc.datasets`) → tf.data. This module knows no
+model and never imports TensorFlow, so indexing runs in worker processes cheaply.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
 import os
 import time
-import warnings
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -24,43 +21,25 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from btc import __version__, dedup, shortcut
+from btc import dedup, shortcut
 from btc.config import (
     CLASS_ALIASES,
-    CLASS_NAMES,
     OFFICIAL_SPLITS,
-    SPLITS,
-    UNKNOWN_TUMOUR,
     PreprocessConfig,
-    atomic_path,
     canonical_class,
-    check_choice,
     check_range,
-    write_json_atomic,
+)
+from btc.datasets import MANIFEST_COLUMNS, crossing_groups, write_manifest
+from btc.images import (
+    read_checked,
 )
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-MAX_PIXELS = 40_000_000  # the largest real scan here is 1920×1080; 40 MP leaves room, stops bombs
-MIN_SIDE = 32
 INDEX_COLUMNS = [
     "path", "class", "official_split", "sha256", "width", "height", "mode", "format",
     "bytes", "readable", "error", "phash", "phash_mirror", "phash_eq", "phash_eq_mirror", "thumb_eq", "cues",
 ]  # fmt: skip
-MANIFEST_COLUMNS = [
-    "path", "sha256", "class", "split", "group", "official_split", "format", "mode",
-]  # fmt: skip
-_MAGIC = [
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-]
-PIPELINE_FORMATS = ("jpeg", "png", "gif", "bmp")  # what tf.io.decode_image reads
 
 
 class DataError(ValueError):
@@ -68,41 +47,6 @@ class DataError(ValueError):
 
 
 # --- 1. index ----------------------------------------------------------------------------------
-
-
-def detect_format(head: bytes) -> str:
-    """Return the image format named by a file's first bytes (not its extension).
-
-    Args:
-        head: At least the first 12 bytes of the file.
-
-    Returns:
-        `"jpeg"`, `"png"`, `"gif"`, `"bmp"`, `"tiff"`, `"webp"`, or `"unknown"`.
-    """
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    return "unknown"
-
-
-def to_grayscale(img: Image.Image) -> Image.Image:
-    """Convert any PIL image (RGBA, palette, CMYK, 16-bit) to 8-bit grayscale `"L"`.
-
-    Transparent pixels become black (the scan background), and 16-bit values are scaled rather
-    than clipped.
-    """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-    return img.convert("L")
 
 
 def inspect_image(path: str | Path) -> dict:
@@ -130,46 +74,10 @@ _EMPTY_ROW = dict(sha256=None, width=0, height=0, mode=None, format="unknown", b
 
 def inspect_bytes(data: bytes) -> dict:
     """Like `inspect_image`, for the encoded bytes of an image (e.g. an upload)."""
-    row = dict(_EMPTY_ROW)
-    row["bytes"] = len(data)
-    row["sha256"] = hashlib.sha256(data).hexdigest()
-    row["format"] = detect_format(data[:16])
-    if not data:
-        row["error"] = "empty file (0 bytes)"
+    checked, gray = read_checked(data)
+    row = {**_EMPTY_ROW, **checked}
+    if gray is None:
         return row
-    if row["format"] == "unknown":
-        row["error"] = f"not an image: content starts with {data[:8]!r}"
-        return row
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            row.update(width=img.width, height=img.height, mode=img.mode)
-            if img.width * img.height > MAX_PIXELS:
-                row["error"] = (
-                    f"declared size {img.width}x{img.height} exceeds {MAX_PIXELS:,} pixels "
-                    "(possible decompression bomb); not decoded"
-                )
-                return row
-            if min(img.size) < MIN_SIDE:
-                row["error"] = f"image is {img.width}x{img.height} px, below {MIN_SIDE} px a side"
-                return row
-            if row["format"] not in PIPELINE_FORMATS:
-                row["error"] = f"{row['format']} images are not supported by the pipeline"
-                return row
-            if img.format == "JPEG" and img.mode == "CMYK":
-                row["error"] = "CMYK JPEG is not supported by the pipeline; save it as RGB or L"
-                return row
-            if img.format == "JPEG":
-                img.draft(img.mode, (64, 64))  # DCT-domain downscale; still reads every byte
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        row["error"] = f"possible decompression bomb, not decoded: {exc}"
-        return row
-    except Exception as exc:  # PIL raises many types for corrupt data
-        row["error"] = f"cannot decode {row['format']}: {exc}"
-        return row
-    gray = to_grayscale(img)
     row["phash"] = str(imagehash.phash(gray))
     row["phash_mirror"] = str(imagehash.phash(ImageOps.mirror(gray)))
     # Histogram equalisation undoes any monotonic re-windowing (brightness, contrast, gamma),
@@ -412,203 +320,12 @@ def _official_leakage(df: pd.DataFrame) -> dict:
     }
 
 
-def crossing_groups(manifest: pd.DataFrame, splits: Sequence[str] | None = None) -> int:
-    """Return how many duplicate groups or file hashes appear in more than one split.
-
-    Args:
-        manifest: Manifest with `split`, `group`, `sha256`.
-        splits: Only consider these splits (e.g. `["train", "val"]`); default all.
-    """
-    if splits is not None:
-        manifest = manifest[manifest["split"].isin(splits)]
-    by_group = manifest.groupby("group")["split"].nunique().gt(1).sum()
-    by_hash = manifest.groupby("sha256")["split"].nunique().gt(1).sum()
-    return int(by_group + by_hash)
-
-
 def inputs_hash(index: pd.DataFrame) -> str:
     """Return a sha256 over the sorted (relative path, file sha256) pairs of an index."""
     digest = hashlib.sha256()
     for name, sha in sorted(zip(index["path"], index["sha256"].fillna(""))):
         digest.update(f"{Path(name).name}\t{sha}\n".encode())
     return digest.hexdigest()
-
-
-def write_manifest(manifest: pd.DataFrame, path: str | Path, info: dict) -> Path:
-    """Write the manifest CSV and its JSON sidecar (`<name>.json`) atomically.
-
-    Args:
-        manifest: Output of `split_dataset`.
-        path: Destination CSV, usually `config.MANIFEST_PATH`.
-        info: Parameters, inputs hash and report recorded in the sidecar.
-
-    Returns:
-        The CSV path.
-    """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        manifest.to_csv(tmp, index=False)
-    sidecar = {**info, "manifest_sha256": file_sha256(path), "btc_version": __version__,
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-    write_json_atomic(path.with_suffix(".json"), sidecar)
-    return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """Return the sha256 hex digest of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def load_manifest(path: str | Path, check_leakage: bool = True) -> pd.DataFrame:
-    """Read a manifest CSV written by `write_manifest`, checking its columns and splits.
-
-    Args:
-        path: Manifest CSV.
-        check_leakage: Refuse a manifest whose duplicate groups cross splits (evaluation turns
-            this off and applies its own gate, which can label results LEAKY instead).
-
-    Raises:
-        FileNotFoundError: If the manifest does not exist (run 01_preprocess first).
-        ValueError: If columns are missing or a group crosses splits.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No manifest at {str(path)!r}: run notebooks/01_preprocess.ipynb (or `make pipeline`)"
-        )
-    manifest = pd.read_csv(path, keep_default_na=False, dtype={"official_split": str})
-    missing = sorted(set(MANIFEST_COLUMNS) - set(manifest.columns))
-    if missing:
-        raise ValueError(f"Manifest {str(path)!r} lacks columns {missing}")
-    if check_leakage and crossing_groups(manifest):
-        raise ValueError(f"Manifest {str(path)!r} has duplicate groups in several splits")
-    return manifest
-
-
-# --- 5. tf.data ----------------------------------------------------------------------------------
-
-
-def decode_and_resize(contents, image_size: int):
-    """Decode JPEG/PNG/GIF/BMP bytes by content to a `(size, size, 1)` uint8 grayscale tensor.
-
-    The aspect ratio is kept: the image is scaled to fit and padded with black (the scan
-    background), so wide Br35H images are not squashed.
-    """
-    import tensorflow as tf
-
-    image = tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.float32)
-    image = tf.image.resize_with_pad(image, image_size, image_size, antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
-
-
-def augmentation(seed: int = 42):
-    """Return the training augmentation: flip, rotation (±10°), brightness and contrast."""
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(10 / 360, fill_mode="constant", fill_value=0.0, seed=seed),
-        keras.layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed),
-        keras.layers.RandomContrast(0.1, seed=seed),
-    ], name="augmentation")  # fmt: skip
-
-
-def style_augmentation(images, image_size: int, seed: int = 42):
-    """Vary acquisition style in a `[0, 1]` batch: gamma, resolution and noise.
-
-    Framing and exposure differ by source in this dataset; varying them during training makes
-    them less useful as a shortcut. Gamma per image in [0.7, 1.4], one down-and-up resampling per
-    batch to 50–100 % of the side, Gaussian noise with σ up to 0.03 per image.
-    """
-    import tensorflow as tf
-
-    batch = tf.shape(images)[0]
-    gamma = tf.exp(tf.random.uniform([batch, 1, 1, 1], np.log(0.7), np.log(1.4), seed=seed))
-    images = tf.pow(tf.clip_by_value(images, 1e-6, 1.0), gamma)
-    side = tf.cast(tf.round(tf.random.uniform([], 0.5, 1.0, seed=seed + 1) * image_size), tf.int32)
-    images = tf.image.resize(tf.image.resize(images, [side, side], antialias=True),
-                             [image_size, image_size])  # fmt: skip
-    sigma = tf.random.uniform([batch, 1, 1, 1], 0.0, 0.03, seed=seed + 2)
-    noise = tf.random.normal(tf.shape(images), seed=seed + 3)
-    return tf.clip_by_value(images + sigma * noise, 0.0, 1.0)
-
-
-def make_dataset(
-    manifest: pd.DataFrame | str | Path,
-    split: str,
-    image_size: int = 299,
-    batch_size: int = 32,
-    augment: bool | None = None,
-    seed: int = 42,
-    shuffle: bool | None = None,
-    cache: bool | str = True,
-    class_names: Sequence[str] = CLASS_NAMES,
-    style: bool = False,
-):
-    """Build a `tf.data.Dataset` of `(images, labels)` for one split of a manifest.
-
-    Images are decoded by content, converted to grayscale and replicated to 3 channels (removing
-    the colour-mode shortcut), resized with padding and scaled to [0, 1]. Model-specific
-    normalisation happens inside each model.
-
-    Args:
-        manifest: Manifest DataFrame or CSV path.
-        split: `"train"`, `"val"` or `"test"`.
-        image_size: Output side length in pixels.
-        batch_size: Batch size.
-        augment: Random flip/rotation/brightness/contrast; defaults to `split == "train"`.
-        seed: Seed of shuffling and augmentation.
-        shuffle: Shuffle each epoch; defaults to `split == "train"`.
-        cache: `True` caches decoded, resized uint8 images in memory; a path caches to disk;
-            `False` decodes every epoch.
-        class_names: Label order (index `i` is `class_names[i]`); rows of class `"tumour"`
-            (external scans of unknown tumour type) get label `len(class_names)`.
-        style: Also apply `style_augmentation` (with `augment`).
-
-    Returns:
-        Dataset of `float32 (batch, image_size, image_size, 3)` images in [0, 1] and `int32
-        (batch,)` labels.
-
-    Raises:
-        ValueError: On an unknown split, a bad size, or an empty split.
-    """
-    import tensorflow as tf
-
-    check_choice("split", split, SPLITS)
-    check_range("image_size", image_size, 32, 1024, types=int)
-    check_range("batch_size", batch_size, 1, types=int)
-    if not isinstance(manifest, pd.DataFrame):
-        manifest = load_manifest(manifest)
-    rows = manifest[manifest["split"] == split]
-    if rows.empty:
-        raise ValueError(f"`split` has no images in this manifest. Received: split={split!r}")
-    augment = split == "train" if augment is None else augment
-    shuffle = split == "train" if shuffle is None else shuffle
-    lookup = {name: i for i, name in enumerate(class_names)} | {UNKNOWN_TUMOUR: len(class_names)}
-    labels = rows["class"].map(lookup).astype("int32").to_numpy()
-    ds = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(), labels))
-    ds = ds.map(
-        lambda p, y: (decode_and_resize(tf.io.read_file(p), image_size), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    if cache:
-        ds = ds.cache("" if cache is True else str(cache))
-    if shuffle:
-        ds = ds.shuffle(min(len(rows), 4096), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(
-        lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    if augment:
-        aug = augmentation(seed)
-        ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
-        if style:
-            ds = ds.map(lambda x, y: (style_augmentation(x, image_size, seed), y),
-                        num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
-    ds = ds.map(lambda x, y: (tf.image.grayscale_to_rgb(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # --- the whole stage -----------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import stats
 from sklearn import metrics as skm
 
+from btc import artifacts, calibration, datasets, reports
 from btc.config import CLASS_NAMES, MODELS_DIR
 
 TUMOUR_FREE = "notumor"
@@ -56,101 +57,6 @@ def leakage_gate(manifest: pd.DataFrame, allow_leaky: bool = False) -> dict:
             "allow_leaky=True to label every number LEAKY. Received: allow_leaky=False"
         )
     return result
-
-
-# --- probabilities, temperature, TTA, ensemble -----------------------------------------------------
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale softmax probabilities by a temperature (`softmax(log p / T)`)."""
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Fit the scalar temperature minimising validation NLL (Guo et al., 2017).
-
-    Args:
-        probs: `(n, classes)` softmax probabilities on the validation split.
-        labels: `(n,)` integer labels.
-
-    Returns:
-        Temperature `T > 0`; dividing log-probabilities by it never changes the argmax.
-    """
-    classes = list(range(probs.shape[1]))
-
-    def nll(log_t: float) -> float:
-        return skm.log_loss(labels, apply_temperature(probs, np.exp(log_t)), labels=classes)
-
-    return float(np.exp(optimize.minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
-
-
-TTA_TRANSFORMS = ("identity", "flip", "shift_left", "shift_right", "shift_up", "shift_down")
-
-
-def tta_batch(images, transform: str, shift: float = 0.04):
-    """Apply one test-time transform to a batch: identity, horizontal flip or a small shift."""
-    import tensorflow as tf
-
-    if transform == "identity":
-        return images
-    if transform == "flip":
-        return tf.image.flip_left_right(images)
-    pixels = max(1, int(round(shift * int(images.shape[1]))))
-    axis, sign = {"shift_left": (2, -1), "shift_right": (2, 1), "shift_up": (1, -1),
-                  "shift_down": (1, 1)}[transform]  # fmt: skip
-    return tf.roll(images, sign * pixels, axis=axis)  # scans sit on black: wrap-around is black
-
-
-def predict_split(
-    model, metadata: dict, manifest: pd.DataFrame, split: str = "test", batch_size: int = 64,
-    tta: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Predict one split with a model, in batches, at the input size its metadata records.
-
-    Args:
-        model: Keras model returning softmax probabilities.
-        metadata: The model's metadata (`image_size`, `class_names`).
-        manifest: Manifest DataFrame.
-        split: Split to predict.
-        batch_size: Batch size.
-        tta: Average over `TTA_TRANSFORMS` (flip and small shifts).
-
-    Returns:
-        `(probs, labels)`: uncalibrated `(n, classes)` probabilities in the metadata's class
-        order and `(n,)` integer labels.
-    """
-    from btc import data
-
-    ds = data.make_dataset(manifest, split, metadata["image_size"], batch_size, augment=False,
-                           shuffle=False, cache=False, class_names=metadata["class_names"])  # fmt: skip
-    transforms = TTA_TRANSFORMS if tta else ("identity",)
-    probs, labels = [], []
-    for x, y in ds:
-        probs.append(np.mean([model.predict_on_batch(tta_batch(x, t)) for t in transforms], 0))
-        labels.append(y.numpy())
-    return np.concatenate(probs), np.concatenate(labels)
-
-
-def ensemble(probs: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
-    """Soft voting: the (weighted) mean of calibrated member probabilities."""
-    w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=float)
-    return np.tensordot(w / w.sum(), np.stack(probs), axes=1)
-
-
-def fit_ensemble_weights(probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """Fit soft-voting weights on the validation split (minimum NLL on the simplex)."""
-    classes = list(range(probs[0].shape[1]))
-
-    def nll(z):
-        w = np.exp(z - z.max())
-        return skm.log_loss(labels, ensemble(probs, w), labels=classes)
-
-    z = optimize.minimize(nll, np.zeros(len(probs)), method="Nelder-Mead").x
-    w = np.exp(z - z.max())
-    return w / w.sum()
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -304,65 +210,7 @@ def pairwise_mcnemar(labels: np.ndarray, probs: dict[str, np.ndarray]) -> list[d
             for a, b in itertools.combinations(probs, 2)]  # fmt: skip
 
 
-def trained_model_names(models_dir: str | Path = MODELS_DIR) -> list[str]:
-    """Names of the models in `models_dir` that have both `model.keras` and `metadata.json`."""
-    return sorted(p.parent.name for p in Path(models_dir).glob("*/model.keras")
-                  if (p.parent / "metadata.json").is_file())  # fmt: skip
-
-
 # --- the whole stage -----------------------------------------------------------------------------
-
-
-def _summary_row(name: str, result: dict) -> dict:
-    m, ci = result["metrics"], result["ci"]
-    row = {"model": name, "accuracy": m["accuracy"], "accuracy_ci": ci["accuracy"],
-           "f1_macro": m["f1_macro"], "f1_macro_ci": ci["f1_macro"],
-           "balanced_accuracy": m["balanced_accuracy"], "mcc": m["mcc"],
-           "roc_auc_macro": m["roc_auc_macro"], "ece_before": result["uncalibrated"]["ece"],
-           "ece_after": m["ece"], "temperature": result.get("temperature"),
-           "tumour_called_no_tumour_rate": m.get("tumour_called_no_tumour_rate")}  # fmt: skip
-    for cls, values in m["per_class"].items():
-        row[f"sensitivity_{cls}"] = values["sensitivity"]
-        row[f"sensitivity_{cls}_ci"] = ci["sensitivity"][cls]
-    ext = result.get("external") or {}
-    row["external_sensitivity"], row["external_sensitivity_ci"] = (
-        ext.get("sensitivity"),
-        ext.get("ci"),
-    )
-    return row
-
-
-def _fmt(value, ci=None) -> str:
-    if value is None:
-        return "–"
-    text = f"{100 * value:.1f}"
-    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
-
-
-def comparison_markdown(report: dict) -> str:
-    """Markdown table of every evaluated model and the ensemble (percent, 95 % CI)."""
-    leaky = "LEAKY — " if report["leakage"]["leaky"] else ""
-    classes = report["class_names"]
-    head = ["model", "accuracy", "macro-F1"] + [f"sens. {c}" for c in classes] + [
-        "ECE before → after", "T", "external tumour sens."]  # fmt: skip
-    lines = [f"{leaky}Test split: {report['split_sizes']['test']} images, 95 % bootstrap CIs "
-             f"({report['n_bootstrap']} resamples); numbers in %.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
-    for row in report["table"]:
-        cells = [row["model"], _fmt(row["accuracy"], row["accuracy_ci"]),
-                 _fmt(row["f1_macro"], row["f1_macro_ci"])]  # fmt: skip
-        cells += [_fmt(row[f"sensitivity_{c}"], row[f"sensitivity_{c}_ci"]) for c in classes]
-        cells += [f"{_fmt(row['ece_before'])} → {_fmt(row['ece_after'])}",
-                  "–" if row["temperature"] is None else f"{row['temperature']:.2f}",
-                  _fmt(row.get("external_sensitivity"), row.get("external_sensitivity_ci"))]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    ext = report.get("external_set")
-    if ext:
-        lines += ["", f"External: {ext['what']} — {ext['images']} images in {ext['groups']} "
-                      "near-copy groups; sensitivity = share not called 'no tumour', CI resamples "
-                      "whole groups. The internal split shares its sources with training and "
-                      "cannot reveal a source shortcut; the external set can."]  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 def evaluate(
@@ -405,52 +253,60 @@ def evaluate(
         LeakageError: If the test split leaks and `allow_leaky` is false.
         FileNotFoundError: If no trained model is found.
     """
-    from btc import config, data, external, plots, train
+    from btc import config, external, plots
 
     config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
     manifest_path = Path(manifest_path or config.MANIFEST_PATH)
     results_dir = Path(results_dir or config.RESULTS_DIR)
     out = results_dir / "03_evaluate"
-    manifest = data.load_manifest(manifest_path, check_leakage=False)
+    manifest = datasets.load_manifest(manifest_path, check_leakage=False)
     gate = leakage_gate(manifest, allow_leaky)
     tag = "LEAKY " if gate["leaky"] else ""
-    names = list(model_names or trained_model_names(models_dir))
+    names = list(model_names or artifacts.trained_model_names(models_dir))
     if not names:
         raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
     ext = external.load_external(manifest_path.with_name("external.csv"))
     ext_test = None if ext is None else ext[ext.split == "test"].reset_index(drop=True)
     val_p, test_p, metas, labels, ext_p = {}, {}, {}, {}, {}
     for name in names:
-        model, meta = train.load_trained(name, models_dir)
-        val_probs, val_y = predict_split(model, meta, manifest, "val", batch_size, tta=False)
-        meta.update(
-            temperature=round(fit_temperature(val_probs, val_y), 4), temperature_fitted_on="val"
+        model, meta = artifacts.load_trained(name, models_dir)
+        val_probs, val_y = datasets.predict_split(
+            model, meta, manifest, "val", batch_size, tta=False
         )
-        temperature = meta["temperature"]  # what every later single-pass prediction uses
+        meta = meta.replace(
+            temperature=round(calibration.fit_temperature(val_probs, val_y), 4),
+            temperature_fitted_on="val",
+        )
+        temperature = meta.temperature  # what every later single-pass prediction uses
         if tta:  # TTA averages are less confident: they get a temperature of their own
-            val_probs, _ = predict_split(model, meta, manifest, "val", batch_size, tta=True)
-            temperature = meta["temperature_tta"] = round(fit_temperature(val_probs, val_y), 4)
-        test_probs, test_y = predict_split(model, meta, manifest, "test", batch_size, tta)
+            val_probs, _ = datasets.predict_split(
+                model, meta, manifest, "val", batch_size, tta=True
+            )
+            meta = meta.replace(
+                temperature_tta=round(calibration.fit_temperature(val_probs, val_y), 4)
+            )
+            temperature = meta.temperature_tta
+        test_probs, test_y = datasets.predict_split(model, meta, manifest, "test", batch_size, tta)
         if ext_test is not None and len(ext_test):
-            ext_probs, _ = predict_split(model, meta, ext_test, "test", batch_size, tta)
-            ext_p[name] = apply_temperature(ext_probs, temperature)
-        config.write_json_atomic(Path(models_dir) / name / "metadata.json", meta)
+            ext_probs, _ = datasets.predict_split(model, meta, ext_test, "test", batch_size, tta)
+            ext_p[name] = calibration.apply_temperature(ext_probs, temperature)
+        artifacts.write_metadata(Path(models_dir) / name, meta)
         val_p[name], test_p[name], metas[name] = (
-            apply_temperature(val_probs, temperature), test_probs, {**meta, "eval_temperature": temperature})  # fmt: skip
+            calibration.apply_temperature(val_probs, temperature), test_probs, {**meta, "eval_temperature": temperature})  # fmt: skip
         labels = {"val": val_y, "test": test_y}
     y = labels["test"]
     results = {}
     for name in names:
-        calibrated = apply_temperature(test_p[name], metas[name]["eval_temperature"])
+        calibrated = calibration.apply_temperature(test_p[name], metas[name]["eval_temperature"])
         results[name] = {"temperature": metas[name]["eval_temperature"],
                          "uncalibrated": classification_metrics(y, test_p[name]),
                          "metrics": classification_metrics(y, calibrated),
                          "ci": bootstrap_ci(y, calibrated, n_bootstrap, seed), "probs": calibrated}  # fmt: skip
     if use_ensemble and len(names) >= 2:
-        weights = (fit_ensemble_weights([val_p[n] for n in names], labels["val"]) if fit_ensemble
+        weights = (calibration.fit_ensemble_weights([val_p[n] for n in names], labels["val"]) if fit_ensemble
                    else np.ones(len(names)) / len(names))  # fmt: skip
-        probs = ensemble([results[n]["probs"] for n in names], weights)
-        raw = ensemble([test_p[n] for n in names], weights)
+        probs = calibration.ensemble([results[n]["probs"] for n in names], weights)
+        raw = calibration.ensemble([test_p[n] for n in names], weights)
         results["ensemble"] = {"temperature": None, "weights": dict(zip(names, weights.round(4).tolist())),
                                "uncalibrated": classification_metrics(y, raw),
                                "metrics": classification_metrics(y, probs),
@@ -458,7 +314,7 @@ def evaluate(
     if "ensemble" in results:
         # The ensemble earns its place only if it beats its best member on validation.
         val_acc = {n: float((val_p[n].argmax(1) == labels["val"]).mean()) for n in names}
-        val_acc["ensemble"] = float((ensemble([val_p[n] for n in names], weights).argmax(1)
+        val_acc["ensemble"] = float((calibration.ensemble([val_p[n] for n in names], weights).argmax(1)
                                      == labels["val"]).mean())  # fmt: skip
         best = max(names, key=val_acc.get)
         earns = val_acc["ensemble"] > val_acc[best]
@@ -473,7 +329,7 @@ def evaluate(
     probs = {n: r.pop("probs") for n, r in results.items()}
     if ext_p:
         if "ensemble" in results:
-            ext_p["ensemble"] = ensemble([ext_p[n] for n in names],
+            ext_p["ensemble"] = calibration.ensemble([ext_p[n] for n in names],
                                          [results["ensemble"]["weights"][n] for n in names])  # fmt: skip
         groups = ext_test["group"].to_numpy()
         for name, p in ext_p.items():
@@ -482,16 +338,16 @@ def evaluate(
             )
     report = {
         "leakage": gate, "class_names": list(CLASS_NAMES), "tta": tta, "n_bootstrap": n_bootstrap,
-        "manifest_sha256": data.file_sha256(manifest_path),
+        "manifest_sha256": datasets.file_sha256(manifest_path),
         "split_sizes": manifest["split"].value_counts().to_dict(),
         "external_set": None if ext_test is None else {
             "what": "Br35H scans with a tumour (the notumor class's own source), held-out groups",
             "images": int(len(ext_test)), "groups": int(ext_test["group"].nunique())},
         "models": results, "mcnemar": pairwise_mcnemar(y, probs),
-        "table": [_summary_row(n, r) for n, r in results.items()],
+        "table": [reports.summary_row(n, r) for n, r in results.items()],
     }  # fmt: skip
     config.write_json_atomic(results_dir / "metrics.json", report)
-    config.write_text_atomic(out / "comparison.md", comparison_markdown(report))
+    config.write_text_atomic(out / "comparison.md", reports.comparison_markdown(report))
     test_rows = manifest[manifest["split"] == "test"].reset_index(drop=True)
     for name, p in probs.items():
         plots.confusion_matrices(
@@ -511,100 +367,5 @@ def evaluate(
         plots.all_training_curves(histories, out / "training_curves.png")
     for name in names:
         config.write_text_atomic(Path(models_dir) / name / "MODEL_CARD.md",
-                                 model_card(metas[name], results[name], report))  # fmt: skip
+                                 reports.model_card(metas[name], results[name], report))  # fmt: skip
     return report
-
-
-def model_card(meta: dict, result: dict, report: dict) -> str:
-    """Markdown model card: intended use, data, metrics with CIs, calibration, limitations."""
-    m, ci, u = result["metrics"], result["ci"], result["uncalibrated"]
-    leaky = "\n> **LEAKY EVALUATION** — the test split shares duplicates with training.\n" if report[
-        "leakage"]["leaky"] else ""  # fmt: skip
-    sens = "\n".join(
-        f"| {c} | {_fmt(v['sensitivity'], ci['sensitivity'][c])} | {_fmt(v['specificity'])} | "
-        f"{_fmt(v['precision'])} | {_fmt(v['f1'])} | {v['support']} |"
-        for c, v in m["per_class"].items()
-    )
-    cfg = meta["config"]
-    return f"""# Model card — {meta["name"]} ({meta["model"]})
-{leaky}
-## Intended use
-Research decision support for classifying 2-D brain MRI slices into {", ".join(meta["class_names"])}.
-**Not a diagnostic device**: not clinically validated; a radiologist's reading always prevails.
-Not for treatment decisions, other modalities, 3-D volumes, or paediatric populations.
-
-## Model
-Registry model `{meta["model"]}`, {meta["params_total"]:,} parameters, input {meta["image_size"]} px
-({meta["input"]}; normalisation inside the graph: {meta["normalisation"]}). Weights: `{cfg["weights"]}`.
-Trained {meta["epochs_run"]} epochs ({meta["training_seconds"] / 60:.1f} min), phases start at epochs
-{meta["phase_starts"]}; best validation accuracy {_fmt(meta["best_val_accuracy"])} %.
-Versions: {", ".join(f"{k} {v}" for k, v in meta["versions"].items())}.
-
-## Data and split
-Kaggle "Brain Tumor MRI Dataset" (Nickparvar; figshare, SARTAJ and Br35H sources). Exact, near and
-mirrored duplicates were grouped and every group kept in one split; images converted to grayscale
-to remove the colour-mode shortcut. Train {meta["train_images"]}, validation {meta["val_images"]},
-test {report["split_sizes"].get("test")} images. Manifest sha256 `{report["manifest_sha256"][:16]}…`.
-Leakage check: {report["leakage"]["test_images_leaked"]} test images share a group with train/val.
-External training images (Br35H tumour scans as "tumour, type unknown"): {meta.get("external_train_images", 0)}.
-
-## External validation (the notumor class's own source, held-out groups)
-{_external_line(result.get("external"))}
-
-## Test metrics (95 % bootstrap CI, {report["n_bootstrap"]} resamples), in %
-Accuracy {_fmt(m["accuracy"], ci["accuracy"])}; macro-F1 {_fmt(m["f1_macro"], ci["f1_macro"])};
-balanced accuracy {_fmt(m["balanced_accuracy"])}; MCC {m["mcc"]:.3f}; macro ROC-AUC {m["roc_auc_macro"]:.3f}.
-Tumours called "no tumour": {_fmt(m.get("tumour_called_no_tumour_rate"))} %.
-
-| class | sensitivity | specificity | precision | F1 | n |
-|---|---|---|---|---|---|
-{sens}
-
-## Calibration
-Temperature {result["temperature"]} fitted on the validation split. ECE (15 bins)
-{_fmt(u["ece"])} % → {_fmt(m["ece"])} %; NLL {u["nll"]:.3f} → {m["nll"]:.3f}; Brier {u["brier"]:.3f} → {m["brier"]:.3f}.
-
-## Limitations
-- No patient identifiers in the source data: neighbouring slices of one patient may still sit in
-  different splits; near-duplicate grouping reduces but cannot exclude this.
-- Three public sources with different scanners and protocols; performance on other sites is unknown.
-- A handful of labels in the source set may be wrong; groups with conflicting labels were dropped.
-- Single 2-D slices only; no clinical context.
-
-## Ethical considerations
-Errors have asymmetric costs: a missed tumour (see the "no tumour" rate above) is worse than a false
-alarm. Show calibrated confidence, not only the top class. Saliency maps show what the model used,
-not where the tumour is. Patient data must not leave the institution without consent.
-"""
-
-
-def _external_line(ext: dict | None) -> str:
-    if not ext:
-        return (
-            "No external set was prepared (01 found no `external_dir`): source shortcuts untested."
-        )
-    return (f"Br35H tumour scans: {ext['images']} images in {ext['groups']} near-copy groups; "
-            f"tumour sensitivity {_fmt(ext['sensitivity'], ext['ci'])} % (group-bootstrap 95 % CI); "
-            f"called {ext['called']}.")  # fmt: skip
-
-
-def plain_summary(report: dict) -> str:
-    """A short plain-language paragraph per model, for clinicians and reviewers."""
-    leaky = (
-        "LEAKY evaluation — these numbers overstate performance. "
-        if report["leakage"]["leaky"]
-        else ""
-    )
-    lines = []
-    for row in report["table"]:
-        worst = min(report["class_names"], key=lambda c: row[f"sensitivity_{c}"] or 0)
-        missed = row["tumour_called_no_tumour_rate"]
-        lines.append(
-            f"- **{row['model']}**: {leaky}correct on {_fmt(row['accuracy'])} % of "
-            f"{report['split_sizes']['test']} unseen test images (95 % CI "
-            f"{_fmt(row['accuracy_ci'][0])}–{_fmt(row['accuracy_ci'][1])} %). It misses "
-            f"{worst} most often (sensitivity {_fmt(row[f'sensitivity_{worst}'])} %), and calls "
-            f"{_fmt(missed)} % of tumours 'no tumour'. After calibration its confidence is off by "
-            f"{_fmt(row['ece_after'])} points on average (ECE; {_fmt(row['ece_before'])} before)."
-        )
-    return "\n".join(lines)

@@ -19,7 +19,7 @@ METHODS = ("saliency", "smoothgrad", "gradcam", "gradcam++", "scorecam")
 DEFAULT_METHOD = "gradcam"
 
 
-def _check_method(method: str) -> str:
+def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {list(METHODS)}. Received: method={method!r}")
     return method
@@ -75,7 +75,7 @@ class Explainer:
         """
         from tf_keras_vis.utils.scores import CategoricalScore
 
-        _check_method(method)
+        check_method(method)
         images = np.asarray(images, dtype=np.float32)
         score = CategoricalScore(list(np.asarray(targets).astype(int)))
         tool = self._tool(method)
@@ -295,138 +295,3 @@ def select_examples(labels, probs, per_class: int, seed: int = 0) -> list[int]:
         n_wrong = min(len(wrong), per_class // 2)
         chosen += list(wrong[:n_wrong]) + list(right[: per_class - n_wrong])
     return [int(i) for i in chosen]
-
-
-def saliency_report(
-    model_names: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
-    images_per_class: int = 4, sanity_check: bool = True, sanity_images: int = 24,
-    manifest_path=None, models_dir=None, results_dir=None, n_bootstrap: int = 1000, seed: int = 0,
-) -> dict:  # fmt: skip
-    """Saliency figures, sanity check and faithfulness for trained models on the test split.
-
-    Writes `results/saliency_maps/<model>/<class>/<file>.png` (scan and every method, titled
-    with truth, prediction and calibrated confidence), `results/03_evaluate/<model>_sanity.png`
-    and `results/03_evaluate/saliency_report.json`.
-
-    Returns:
-        The report: per model, the sanity-check table and the faithfulness table.
-    """
-    from pathlib import Path
-
-    from btc import config, data, evaluate, plots, train
-
-    for method in methods:
-        _check_method(method)
-    models_dir = Path(models_dir or config.MODELS_DIR)
-    results_dir = Path(results_dir or config.RESULTS_DIR)
-    manifest = data.load_manifest(manifest_path or config.MANIFEST_PATH, check_leakage=False)
-    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    report = {"methods": list(methods), "images_per_class": images_per_class, "models": {}}
-    for name in model_names or evaluate.trained_model_names(models_dir):
-        model, meta = train.load_trained(name, models_dir)
-        raw, labels = evaluate.predict_split(model, meta, manifest, "test")
-        probs = evaluate.apply_temperature(raw, meta.get("temperature", 1.0))
-        chosen = select_examples(labels, probs, images_per_class, seed)
-        subset = test.loc[chosen].assign(split="test")
-        images = np.concatenate([x.numpy() for x, _ in data.make_dataset(
-            subset, "test", meta["image_size"], 64, augment=False, shuffle=False, cache=False,
-            class_names=meta["class_names"])])  # fmt: skip
-        targets = probs[chosen].argmax(1)  # explain what the model predicted
-        explainer = Explainer(model, meta["gradcam_layer"])
-        maps = {m: explainer(images, targets, m) for m in methods}
-        classes = meta["class_names"]
-        for k, i in enumerate(chosen):
-            truth, pred = classes[labels[i]], classes[targets[k]]
-            verdict = "correct" if truth == pred else "WRONG"
-            plots.saliency_overlay(
-                images[k], {m: maps[m][k] for m in methods},
-                f"{name} · true {truth} · predicted {pred} ({probs[i].max():.0%} calibrated) · {verdict}",
-                path=results_dir / "saliency_maps" / name / truth / f"{Path(test.loc[i, 'path']).stem}.png",
-            )  # fmt: skip
-            plt_close()
-        entry = {"faithfulness": faithfulness_table(model, explainer, images, targets, methods,
-                                                    n_bootstrap, seed).to_dict("records")}  # fmt: skip
-        if sanity_check:
-            table = cascading_randomisation(model, meta["gradcam_layer"], images[:sanity_images],
-                                            targets[:sanity_images], methods, seed=seed)  # fmt: skip
-            plots.sanity_curves(table, name, results_dir / "03_evaluate" / f"{name}_sanity.png")
-            entry["sanity_check"] = table.to_dict("records")
-        report["models"][name] = entry
-        plt_close()
-    config.write_json_atomic(results_dir / "03_evaluate" / "saliency_report.json", report)
-    return report
-
-
-def external_saliency(
-    model_names: Sequence[str] | None = None, methods: Sequence[str] = ("gradcam", "gradcam++"),
-    external_path=None, models_dir=None, results_dir=None, n_bootstrap: int = 1000, seed: int = 0,
-    sanity: dict | None = None,
-) -> dict:  # fmt: skip
-    """Score saliency maps on the external tumour boxes: pointing game and energy in the box.
-
-    Each external test scan (held-out groups) is explained for the tumour class the model rates
-    highest, at the model's input size, and compared with an image-centre baseline. A method
-    is recommended as the demo's default only if its sanity check passes with the CI's upper
-    bound below 0.5 (`sanity`: a `saliency_report` result) and it has the best pointing game.
-
-    Writes `results/03_evaluate/external_saliency.json`.
-
-    Returns:
-        `{"models": {name: {method: scores}}, "recommended": {name: method or None}}`.
-    """
-    from pathlib import Path
-
-    from btc import config, data, evaluate, external, train
-
-    for method in methods:
-        _check_method(method)
-    models_dir = Path(models_dir or config.MODELS_DIR)
-    results_dir = Path(results_dir or config.RESULTS_DIR)
-    ext = external.load_external(external_path or config.EXTERNAL_PATH)
-    report = {"methods": list(methods), "models": {}, "recommended": {}}
-    if ext is None or not (ext.split == "test").any():
-        report["skipped"] = "no external set (01 found no external_dir)"
-        return report
-    test = ext[ext.split == "test"].reset_index(drop=True)
-    groups = test["group"].to_numpy()
-    for name in model_names or evaluate.trained_model_names(models_dir):
-        model, meta = train.load_trained(name, models_dir)
-        size, classes = meta["image_size"], meta["class_names"]
-        images = np.concatenate([x.numpy() for x, _ in data.make_dataset(
-            test, "test", size, 64, augment=False, shuffle=False, cache=False,
-            class_names=classes)])  # fmt: skip
-        probs = np.concatenate([model.predict_on_batch(images[i : i + 64])
-                                for i in range(0, len(images), 64)])  # fmt: skip
-        tumour = np.array([c != "notumor" for c in classes])
-        targets = np.where(tumour, probs, -1.0).argmax(1)  # the tumour class rated highest
-        masks = external.box_masks(test, size)
-        explainer = Explainer(model, meta["gradcam_layer"])
-        entry = {}
-        for method in methods:
-            maps = np.concatenate([explainer(images[i : i + 16], targets[i : i + 16], method)
-                                   for i in range(0, len(images), 16)])  # bounded memory  # fmt: skip
-            scores = external.box_scores(maps, masks)
-            scores["pointing_ci"] = external.group_bootstrap(
-                np.array(scores.pop("pointing_hits")), groups, n_bootstrap, seed
-            )
-            scores["centre_pointing_ci"] = external.group_bootstrap(
-                np.array(scores.pop("centre_hits")), groups, n_bootstrap, seed
-            )
-            entry[method] = scores
-        report["models"][name] = entry
-        checked = (sanity or {}).get("models", {}).get(name, {}).get("sanity_check", [])
-        trusted = {r["method"] for r in checked if r.get("passes_ci")}
-        ranked = sorted((m for m in entry if m in trusted), key=lambda m: -entry[m]["pointing"])
-        report["recommended"][name] = ranked[0] if ranked else None
-        plt_close()
-    config.write_json_atomic(results_dir / "03_evaluate" / "external_saliency.json", report)
-    config.write_json_atomic(models_dir / "saliency.json", {"recommended": report["recommended"],
-                             "rule": "sanity-check CI below 0.5, then best pointing game"})  # fmt: skip
-    return report
-
-
-def plt_close() -> None:
-    """Close every open matplotlib figure (long reports would otherwise pile them up)."""
-    import matplotlib.pyplot as plt
-
-    plt.close("all")

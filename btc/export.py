@@ -12,7 +12,7 @@ fold batch normalisation into the convolutions. Three variants, each next to a J
 | `int8`     | `model.int8.tflite`    | int8    | int8        | int8 / int8       |
 
 `int8` is full-integer post-training quantisation: activation ranges are calibrated on
-train-split images that went through btc's own preprocessing (`btc.data.make_dataset`, no
+train-split images that went through btc's own preprocessing (`btc.datasets.make_dataset`, no
 augmentation), and only int8 builtin ops are allowed, so the file also runs on integer-only
 accelerators. Its input and output are int8 too: the [0, 1] image is quantised with scale ~1/255
 and zero point -128 (lossless for 8-bit pixels) and the softmax comes out with scale 1/256 and
@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from btc import artifacts, datasets
 from btc.config import (
     MANIFEST_PATH,
     MODELS_DIR,
@@ -100,10 +101,9 @@ def calibration_sample(
     Raises:
         ValueError: If `count < 1` or the manifest has no train images.
     """
-    from btc import data
 
     check_range("count", count, 1, types=int)
-    frame = manifest if isinstance(manifest, pd.DataFrame) else data.load_manifest(manifest)
+    frame = manifest if isinstance(manifest, pd.DataFrame) else datasets.load_manifest(manifest)
     train = frame[frame["split"] == "train"]
     if train.empty:
         raise ValueError("The manifest has no train images to calibrate int8 quantisation with")
@@ -113,7 +113,7 @@ def calibration_sample(
 def representative_dataset(
     sample: pd.DataFrame, image_size: int
 ) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """Calibration images preprocessed exactly as in training (`btc.data.make_dataset`).
+    """Calibration images preprocessed exactly as in training (`btc.datasets.make_dataset`).
 
     Args:
         sample: Manifest rows (e.g. from `calibration_sample`).
@@ -123,10 +123,9 @@ def representative_dataset(
         A generator function yielding `[float32 (1, size, size, 3)]` arrays in [0, 1], as
         `tf.lite.TFLiteConverter.representative_dataset` expects.
     """
-    from btc import data
 
     def generate() -> Iterator[list[np.ndarray]]:
-        ds = data.make_dataset(sample, "train", image_size, batch_size=1, augment=False,
+        ds = datasets.make_dataset(sample, "train", image_size, batch_size=1, augment=False,
                                shuffle=False, cache=False)  # fmt: skip
         for images, _ in ds:
             yield [images.numpy()]
@@ -225,19 +224,19 @@ def export_tflite(
     """
     import keras
 
-    from btc import data, train
-
     check_choice("quantize", quantize, QUANTIZE)
     check_choice("format", format, FORMATS)
     check_range("representative_images", representative_images, 1, types=int)
-    model, meta = train.load_trained(name, models_dir)
-    source_sha = data.file_sha256(Path(models_dir) / name / "model.keras")
+    model, meta = artifacts.load_trained(name, models_dir)
+    source_sha = datasets.file_sha256(Path(models_dir) / name / "model.keras")
     size = meta["image_size"]
     representative, calibration = None, None
     if quantize == "int8":
         sample = calibration_sample(manifest, representative_images, seed)
         representative = representative_dataset(sample, size)
-        manifest_sha = None if isinstance(manifest, pd.DataFrame) else data.file_sha256(manifest)
+        manifest_sha = (
+            None if isinstance(manifest, pd.DataFrame) else datasets.file_sha256(manifest)
+        )
         calibration = {"split": "train", "images": len(sample), "seed": seed,
                        "manifest_sha256": manifest_sha,
                        "same_manifest_as_training": manifest_sha == meta.get("manifest_sha256")}  # fmt: skip
@@ -270,7 +269,7 @@ def export_tflite(
         "source_model": "model.keras",
         "source_sha256": source_sha,
         "manifest_sha256": meta.get("manifest_sha256"), "calibration": calibration,
-        "conversion_seconds": round(seconds, 1), "versions": train.package_versions(),
+        "conversion_seconds": round(seconds, 1), "versions": artifacts.package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
     return path
@@ -387,7 +386,6 @@ def load_sidecar(name: str, quantize: str = "none", models_dir: str | Path = MOD
         FileNotFoundError: If the variant was not exported (lists the exported ones).
         ValueError: On a bad `quantize`, a file that does not match its sidecar, or a stale export.
     """
-    from btc import data
 
     path = tflite_path(name, quantize, models_dir)
     fix = f"re-run `btc export --model {name} --quantize {quantize}`"
@@ -397,10 +395,10 @@ def load_sidecar(name: str, quantize: str = "none", models_dir: str | Path = MOD
             f"{exported_model_names(quantize, models_dir)} ({fix}). Received: name={name!r}"
         )
     meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-    if data.file_sha256(path) != meta["tflite_sha256"]:
+    if datasets.file_sha256(path) != meta["tflite_sha256"]:
         raise ValueError(f"{str(path)!r} does not match its sidecar: {fix}")
     source, source_meta = path.parent / "model.keras", path.parent / "metadata.json"
-    if source.is_file() and data.file_sha256(source) != meta["source_sha256"]:
+    if source.is_file() and datasets.file_sha256(source) != meta["source_sha256"]:
         raise ValueError(f"{str(path)!r} was exported from an older model.keras: {fix}")
     if source_meta.is_file():
         temperature = json.loads(source_meta.read_text(encoding="utf-8")).get("temperature", 1.0)

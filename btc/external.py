@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btc import data, dedup
+from btc import data, dedup, images
 from btc.config import EXTERNAL_PATH, UNKNOWN_TUMOUR, atomic_path, check_range
 
 EXTERNAL_COLUMNS = ["path", "sha256", "class", "split", "group", "width", "height", "boxes"]
@@ -82,7 +82,7 @@ def prepare_external(
     check_range("train_fraction", train_fraction, 0.0, 0.9)
     root = Path(external_dir)
     folder = root / "images" if (root / "images").is_dir() else root
-    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in data.IMAGE_EXTENSIONS)
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in images.IMAGE_EXTENSIONS)
     if not paths:
         raise FileNotFoundError(
             f"`external_dir` holds no images (expected images/*.jpg with YOLO .txt boxes). "
@@ -255,3 +255,21 @@ def preprocess_external(config, index: pd.DataFrame, manifest_path: str | Path) 
     )  # fmt: skip
     report["path"] = str(write_external(frame, Path(manifest_path).with_name("external.csv")))
     return report
+
+
+def training_rows(manifest_path: Path | None, repeat: int = 1) -> pd.DataFrame:
+    """The external set's `train` rows beside a manifest, as manifest rows (empty if none).
+
+    Args:
+        manifest_path: The manifest CSV; `external.csv` is read from the same folder.
+        repeat: Repeat each row this many times (they are few next to the Kaggle images).
+
+    Returns:
+        Rows with `path`, `class` (`"tumour"`), `split` (`"train"`), `group`, `sha256`.
+    """
+    path = Path(manifest_path).with_name("external.csv") if manifest_path else None
+    if path is None or not path.is_file():
+        return pd.DataFrame(columns=["path", "class", "split", "group", "sha256"])
+    ext = pd.read_csv(path, keep_default_na=False)
+    rows = ext[ext.split == "train"][["path", "class", "split", "group", "sha256"]]
+    return pd.concat([rows] * repeat, ignore_index=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import keras
 
+from btc.config import CLASS_NAMES, check_image_size
+
 _REGISTRY: dict[str, ModelSpec] = {}
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -189,25 +191,59 @@ register_model(
 )(_transfer(keras.applications.MobileNetV2, width_multiplier=True))  # fmt: skip
 
 
+def _conv_bn_relu(x, filters: int, name: str, strides: int = 1, relu: bool = True):
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                            name=f"{name}_conv")(x)  # fmt: skip
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # short runs
+    return keras.layers.Activation("relu", name=f"{name}_act")(x) if relu else x
+
+
 @register_model(
     "cnn", default_size=224, min_size=32, normalisation="none ([0,1] input)",
     gradcam_layer="block4_act", transfer=False,
 )  # fmt: skip
 def _cnn(inputs, num_classes, weights, dropout=0.3, **_):
-    """Four conv blocks (32→64→128→256 filters; conv, BN, ReLU, max-pool, dropout) + dense head.
+    """A small residual network trained from scratch, with a global-average-pool head.
 
-    The first convolution has stride 2 and each block one 3×3 convolution: about 60 M
-    multiply-adds per 128-px image, so it trains at CPU speed; the dense head gives about
-    4.7 M parameters at 224 px.
+    Stem (3×3 stride-2 convolution, max-pool), then four residual blocks (two 3×3 convolutions
+    with BN, a 1×1 projection shortcut; 32→64→128→256 filters), a max-pool between blocks, global
+    average pooling, dropout and softmax: about 60 M multiply-adds per 128-px image (CPU speed)
+    and 1.2 M parameters at any input size. The recipe study (`benchmarks/recipes.py`, rows F–G)
+    compares it with `cnn_plain`.
+    """
+    x = _conv_bn_relu(inputs, 24, "stem", strides=2)
+    x = keras.layers.MaxPooling2D(name="stem_pool")(x)
+    for block, filters in enumerate((32, 64, 128, 256), start=1):
+        if block > 1:
+            x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+        shortcut = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"block{block}_proj")(x)
+        shortcut = keras.layers.BatchNormalization(momentum=0.9, name=f"block{block}_proj_bn")(
+            shortcut
+        )
+        x = _conv_bn_relu(x, filters, f"block{block}a")
+        x = _conv_bn_relu(x, filters, f"block{block}b", relu=False)
+        x = keras.layers.Add(name=f"block{block}_add")([x, shortcut])
+        x = keras.layers.Activation("relu", name=f"block{block}_act")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")
+    return out(x), None
+
+
+@register_model(
+    "cnn_plain", default_size=224, min_size=32, normalisation="none ([0,1] input)",
+    gradcam_layer="block4_act", transfer=False,
+)  # fmt: skip
+def _cnn_plain(inputs, num_classes, weights, dropout=0.3, **_):
+    """The first CNN: four plain conv blocks (32→64→128→256; conv, BN, ReLU, max-pool, dropout).
+
+    The first convolution has stride 2 and each block one 3×3 convolution (about 60 M
+    multiply-adds per 128-px image); a flatten + dense head gives about 4.7 M parameters at
+    224 px. Kept for the recipe study; `cnn` does better on validation.
     """
     x = inputs
     for block, filters in enumerate((32, 64, 128, 256), start=1):
-        x = keras.layers.Conv2D(
-            filters, 3, strides=2 if block == 1 else 1, padding="same", use_bias=False,
-            name=f"block{block}_conv",
-        )(x)  # fmt: skip
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)  # short runs
-        x = keras.layers.Activation("relu", name=f"block{block}_act")(x)
+        x = _conv_bn_relu(x, filters, f"block{block}", strides=2 if block == 1 else 1)
         x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
         x = keras.layers.Dropout(dropout / 3, name=f"block{block}_dropout")(x)
     x = keras.layers.Flatten(name="head_flatten")(x)
@@ -246,12 +282,7 @@ def build_model(
         WeightsUnavailableError: If ImageNet weights cannot be found or downloaded.
     """
     spec = get_spec(name)
-    size = spec.default_size if image_size is None else image_size
-    if not isinstance(size, int) or size < spec.min_size:
-        raise ValueError(
-            f"`image_size` must be an int ≥ {spec.min_size} for {name!r}. "
-            f"Received: image_size={image_size!r}"
-        )
+    size = check_image_size(spec.default_size if image_size is None else image_size, spec.min_size)
     if name.startswith("mobilenet") and alpha not in (1.0, 0.75, 0.5, 0.25):
         raise ValueError(
             f"`alpha` must be one of [1.0, 0.75, 0.5, 0.25]. Received: alpha={alpha!r}"
@@ -265,3 +296,37 @@ def build_model(
     model = keras.Model(inputs, outputs, name=f"btc_{name}{suffix}")
     model.backbone_layers = [layer.name for layer in backbone.layers] if backbone else []
     return model
+
+
+# --- losses for partly labelled data (saved with the models, so they live on this floor) ---------
+
+
+@keras.saving.register_keras_serializable(package="btc")
+def partial_label_crossentropy(y_true, y_pred):
+    """Cross-entropy where label `len(CLASS_NAMES)` means "a tumour of unknown type".
+
+    Known labels give −log p_y; the unknown-tumour label gives −log Σ p_tumour-classes.
+    """
+    import tensorflow as tf
+
+    k = len(CLASS_NAMES)
+    y = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+    tumour = tf.constant([0.0 if c == "notumor" else 1.0 for c in CLASS_NAMES], y_pred.dtype)
+    target = tf.where(
+        tf.equal(y, k)[:, None], tumour[None, :], tf.one_hot(y, k, dtype=y_pred.dtype)
+    )
+    p = tf.reduce_sum(target * tf.cast(y_pred, target.dtype), axis=-1)
+    return -tf.math.log(tf.clip_by_value(p, 1e-7, 1.0))
+
+
+@keras.saving.register_keras_serializable(package="btc")
+def partial_label_accuracy(y_true, y_pred):
+    """Accuracy where the unknown-tumour label counts as right for any tumour class."""
+    import tensorflow as tf
+
+    k = len(CLASS_NAMES)
+    y = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+    pred = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+    notumor = CLASS_NAMES.index("notumor")
+    right = tf.where(tf.equal(y, k), tf.not_equal(pred, notumor), tf.equal(pred, y))
+    return tf.cast(right, tf.float32)

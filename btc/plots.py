@@ -37,7 +37,7 @@ def to_png(fig: plt.Figure, dpi: int = 100) -> bytes:
 
 def load_gray(path: str | Path, size: int | None = None) -> np.ndarray:
     """Load an image file as a uint8 grayscale array, optionally thumbnailed to `size`."""
-    from btc.data import to_grayscale
+    from btc.images import to_grayscale
 
     with Image.open(path) as img:
         if size:

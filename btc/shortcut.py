@@ -94,6 +94,7 @@ def shortcut_size(
         Table with `cues`, `test_accuracy`, `ci_low`, `ci_high`, `n_test`.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     rows = index[index["readable"]].set_index("path").loc[manifest["path"]].reset_index()
     labels = manifest["class"].to_numpy()
@@ -107,7 +108,10 @@ def shortcut_size(
     for kinds in [("size",), ("file",), ("intensity",), ("size", "file", "intensity")]:
         x = cue_features(rows, kinds).to_numpy()
         model = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
-        right = model.fit(x[train], labels[train]).predict(x[test]) == labels[test]
+        # One thread: OpenMP workers spin-wait, and on a busy 2-core machine that turned seconds
+        # into tens of minutes (01 of the cpu preset, load 10). Single-threaded it takes seconds.
+        with threadpool_limits(1):
+            right = model.fit(x[train], labels[train]).predict(x[test]) == labels[test]
         lo, hi = np.percentile(right[resample].mean(1), [2.5, 97.5])
         out.append({"cues": " + ".join(kinds), "test_accuracy": round(float(right.mean()), 4),
                     "ci_low": round(float(lo), 4), "ci_high": round(float(hi), 4),

@@ -14,9 +14,7 @@ again (BackupAndRestore + a phase marker).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -25,56 +23,25 @@ import keras
 import numpy as np
 import pandas as pd
 
-from btc import __version__, data, models, plots
+from btc import artifacts, datasets, external, models, plots
 from btc.config import (
     CLASS_NAMES,
     MANIFEST_PATH,
     MODELS_DIR,
     RESULTS_DIR,
-    _StageConfig,
+    StageConfig,
     atomic_path,
     check_choice,
+    check_image_size,
     check_range,
-    write_json_atomic,
 )
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 RECIPES = ("one_phase", "two_phase")
 
 
-@keras.saving.register_keras_serializable(package="btc")
-def partial_label_crossentropy(y_true, y_pred):
-    """Cross-entropy where label `len(CLASS_NAMES)` means "a tumour of unknown type".
-
-    Known labels give −log p_y; the unknown-tumour label gives −log Σ p_tumour-classes.
-    """
-    import tensorflow as tf
-
-    k = len(CLASS_NAMES)
-    y = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-    tumour = tf.constant([0.0 if c == "notumor" else 1.0 for c in CLASS_NAMES], y_pred.dtype)
-    target = tf.where(
-        tf.equal(y, k)[:, None], tumour[None, :], tf.one_hot(y, k, dtype=y_pred.dtype)
-    )
-    p = tf.reduce_sum(target * tf.cast(y_pred, target.dtype), axis=-1)
-    return -tf.math.log(tf.clip_by_value(p, 1e-7, 1.0))
-
-
-@keras.saving.register_keras_serializable(package="btc")
-def partial_label_accuracy(y_true, y_pred):
-    """Accuracy where the unknown-tumour label counts as right for any tumour class."""
-    import tensorflow as tf
-
-    k = len(CLASS_NAMES)
-    y = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-    pred = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
-    notumor = CLASS_NAMES.index("notumor")
-    right = tf.where(tf.equal(y, k), tf.not_equal(pred, notumor), tf.equal(pred, y))
-    return tf.cast(right, tf.float32)
-
-
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(_StageConfig):
+class TrainConfig(StageConfig):
     """Validated parameters of one model's training run.
 
     Args:
@@ -132,7 +99,7 @@ class TrainConfig(_StageConfig):
     def __post_init__(self):
         check_choice("model", self.model, models.model_names())
         spec = models.get_spec(self.model)
-        check_range("image_size", self.image_size, spec.min_size, 1024, types=int)
+        check_image_size(self.image_size, spec.min_size)
         check_range("batch_size", self.batch_size, 1, 4096, types=int)
         check_range("epochs_head", self.epochs_head, 1, 1000, types=int)
         check_range("epochs_finetune", self.epochs_finetune, 0, 1000, types=int)
@@ -172,8 +139,41 @@ def get_strategy(name: str = "default"):
         devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy()
     return tf.distribute.get_strategy()
+
+
+def _multi_worker_strategy():
+    """A `MultiWorkerMirroredStrategy` whose `reduce` accepts what Keras 3's `fit` passes it.
+
+    Keras 3 reduces a nested `(x, y)` batch, and scalar metrics along `axis=0`; the stock strategy
+    rejects both (keras-team/keras#20585). Each leaf is reduced on its own; a scalar has no axis 0,
+    so it is reduced across replicas only, which is what the mean over `axis=0` means for it.
+    """
+    import tensorflow as tf
+
+    class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis=None):
+            def one(v):
+                scalar = self.experimental_local_results(v)[0].shape.rank == 0
+                return super(Strategy, self).reduce(reduce_op, v, None if scalar else axis)
+
+            return tf.nest.map_structure(one, value)
+
+    return Strategy()
+
+
+def _shard_by_element(ds):
+    """Under a multi-worker strategy each worker keeps every n-th batch of the same seeded order.
+
+    DATA, not FILE, auto-sharding: the images are read by `map` from a list of paths, so there is
+    no file reader to shard by. The batch size stays global: each batch is split across replicas.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def set_trainable(model: keras.Model, phase: str, finetune_fraction: float = 0.3) -> int:
@@ -217,27 +217,9 @@ def _warmup_cosine(peak: float, steps: int, warmup_steps: int):
 def _compile(model: keras.Model, learning_rate) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=partial_label_crossentropy,
-        metrics=[keras.metrics.MeanMetricWrapper(partial_label_accuracy, name="accuracy")],
+        loss=models.partial_label_crossentropy,
+        metrics=[keras.metrics.MeanMetricWrapper(models.partial_label_accuracy, name="accuracy")],
     )
-
-
-def external_training_rows(manifest_path: Path | None, repeat: int = 1) -> pd.DataFrame:
-    """The external set's `train` rows beside a manifest, as manifest rows (empty if none).
-
-    Args:
-        manifest_path: The manifest CSV; `external.csv` is read from the same folder.
-        repeat: Repeat each row this many times (they are few next to the Kaggle images).
-
-    Returns:
-        Rows with `path`, `class` (`"tumour"`), `split` (`"train"`), `group`, `sha256`.
-    """
-    path = Path(manifest_path).with_name("external.csv") if manifest_path else None
-    if path is None or not path.is_file():
-        return pd.DataFrame(columns=["path", "class", "split", "group", "sha256"])
-    ext = pd.read_csv(path, keep_default_na=False)
-    rows = ext[ext.split == "train"][["path", "class", "split", "group", "sha256"]]
-    return pd.concat([rows] * repeat, ignore_index=True)
 
 
 def _class_weights(manifest: pd.DataFrame) -> dict[int, float]:
@@ -246,22 +228,6 @@ def _class_weights(manifest: pd.DataFrame) -> dict[int, float]:
     return {
         i: float(total / (len(CLASS_NAMES) * counts.get(c, 1))) for i, c in enumerate(CLASS_NAMES)
     }
-
-
-def package_versions() -> dict[str, str]:
-    """Return the versions that determine a model's behaviour."""
-    import sklearn
-    import tensorflow as tf
-
-    return {"btc": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}  # fmt: skip
-
-
-def save_model_atomic(model: keras.Model, path: str | Path) -> Path:
-    """Save a model as `.keras` so that the file is either the old one or the complete new one."""
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-    return Path(path)
 
 
 def train(
@@ -294,9 +260,17 @@ def train(
         WeightsUnavailableError: If ImageNet weights are requested but unavailable.
     """
     manifest_path = Path(manifest) if not isinstance(manifest, pd.DataFrame) else None
-    frame = data.load_manifest(manifest_path, check_leakage=False) if manifest_path else manifest
-    if data.crossing_groups(frame, ["train", "val"]):  # test leakage is evaluation's gate
+    frame = (
+        datasets.load_manifest(manifest_path, check_leakage=False) if manifest_path else manifest
+    )
+    if datasets.crossing_groups(frame, ["train", "val"]):  # test leakage is evaluation's gate
         raise ValueError("The manifest's train and val splits share duplicate groups; re-run 01")
+    strategy = get_strategy(config.strategy)  # before other TF calls (multi-worker needs that)
+    scratch = None
+    if not strategy.extended.should_checkpoint:  # a non-chief worker: Keras/TF convention, it
+        # writes the same files to `workertemp_<task>` (kept for resuming, removed at the end)
+        scratch = Path(models_dir) / f"workertemp_{strategy.cluster_resolver.task_id}"
+        models_dir, results_dir = scratch / "models", scratch / "results"
     out = Path(models_dir) / config.name
     work = out / "run"  # checkpoints and backups of an unfinished run
     work.mkdir(parents=True, exist_ok=True)
@@ -304,14 +278,16 @@ def train(
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     spec = models.get_spec(config.model)
-    strategy = get_strategy(config.strategy)
-    external = (
-        external_training_rows(manifest_path, config.external_repeat) if config.external else None
+    ext_rows = (
+        external.training_rows(manifest_path, config.external_repeat) if config.external else None
     )
-    train_frame = frame if external is None or external.empty else pd.concat([frame, external])
-    train_ds = data.make_dataset(train_frame, "train", config.image_size, config.batch_size,
+    train_frame = frame if ext_rows is None or ext_rows.empty else pd.concat([frame, ext_rows])
+    train_ds = datasets.make_dataset(train_frame, "train", config.image_size, config.batch_size,
                                  seed=config.seed, style=config.style_augment)  # fmt: skip
-    val_ds = data.make_dataset(frame, "val", config.image_size, config.batch_size, seed=config.seed)
+    val_ds = datasets.make_dataset(
+        frame, "val", config.image_size, config.batch_size, seed=config.seed
+    )
+    train_ds, val_ds = _shard_by_element(train_ds), _shard_by_element(val_ds)
     steps_per_epoch = math.ceil((train_frame.split == "train").sum() / config.batch_size)
     with strategy.scope():
         model = models.build_model(
@@ -367,10 +343,10 @@ def train(
     history["phase"] = [_phase_of(e, phase_starts, phases) for e in history["epoch"]]
     best = history.loc[history["val_loss"].idxmin()]
     out.mkdir(parents=True, exist_ok=True)
-    save_model_atomic(model, out / "model.keras")
+    artifacts.save_model_atomic(model, out / artifacts.MODEL_FILE)
     with atomic_path(out / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
-    metadata = {
+    metadata = artifacts.Metadata.from_dict({
         "name": config.name,
         "model": config.model,
         "class_names": list(CLASS_NAMES),
@@ -379,13 +355,13 @@ def train(
         "normalisation": spec.normalisation,
         "gradcam_layer": spec.gradcam_layer,
         "config": config.to_dict(),
-        "manifest_sha256": data.file_sha256(manifest_path) if manifest_path else None,
+        "manifest_sha256": datasets.file_sha256(manifest_path) if manifest_path else None,
         "train_images": int((frame.split == "train").sum()),
         "external_train_images": 0
-        if external is None
-        else int(len(external) // config.external_repeat),
+        if ext_rows is None
+        else int(len(ext_rows) // config.external_repeat),
         "val_images": int((frame.split == "val").sum()),
-        "versions": package_versions(),
+        "versions": artifacts.package_versions(),
         "params_total": int(model.count_params()),
         "params_trainable_last_phase": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "training_seconds": round(seconds, 1),
@@ -398,13 +374,13 @@ def train(
         "strategy": config.strategy,
         "replicas": int(strategy.num_replicas_in_sync),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json_atomic(out / "metadata.json", metadata)
+    })  # fmt: skip
+    artifacts.write_metadata(out, metadata)
     plots.training_curves(
         history, phase_starts[1:], title=config.name,
         path=Path(results_dir) / "02_train" / f"{config.name}_curves.png",
     )  # fmt: skip
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(scratch or work, ignore_errors=True)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("float32")
     return metadata
@@ -413,22 +389,6 @@ def train(
 def _phase_of(epoch: int, starts: list[int], phases: list) -> str:
     index = max(i for i, s in enumerate(starts) if epoch >= s)
     return phases[index][0]
-
-
-def load_trained(name: str, models_dir: str | Path = MODELS_DIR) -> tuple[keras.Model, dict]:
-    """Load `models_dir/<name>/model.keras` and its metadata.
-
-    Raises:
-        FileNotFoundError: If the model has not been trained (lists the trained ones).
-    """
-    folder = Path(models_dir) / name
-    if not (folder / "model.keras").is_file():
-        trained = sorted(p.parent.name for p in Path(models_dir).glob("*/model.keras"))
-        raise FileNotFoundError(
-            f"`name` must be a trained model in {str(models_dir)!r}: {trained}. Received: name={name!r}"
-        )
-    metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-    return keras.saving.load_model(folder / "model.keras"), metadata
 
 
 def summary_table(metadatas: list[dict]) -> pd.DataFrame:

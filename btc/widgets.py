@@ -14,7 +14,7 @@ import ipywidgets as w
 import numpy as np
 import pandas as pd
 
-from btc import dicom, explain, llm, plots, predict
+from btc import datasets, dicom, explain, inputs, llm, plots, predict
 from btc.config import CLASS_NAMES, MANIFEST_PATH, RESULTS_DIR, write_json_atomic
 
 BOLD = " style='font-weight:bold'"
@@ -84,11 +84,10 @@ def test_samples(
     manifest_path=MANIFEST_PATH, per_class: int = 3, seed: int = 0
 ) -> list[tuple[str, str]]:
     """`(label, path)` options of test-split images, `per_class` per class (empty if no manifest)."""
-    from btc import data
 
     if not Path(manifest_path).is_file():
         return []
-    test = data.load_manifest(manifest_path, check_leakage=False).query("split == 'test'")
+    test = datasets.load_manifest(manifest_path, check_leakage=False).query("split == 'test'")
     picked = test.sample(frac=1.0, random_state=seed).groupby("class").head(per_class)
     picked = picked.sort_values(["class", "path"])
     return [(f"{r['class']} · {Path(r['path']).name}", r["path"]) for _, r in picked.iterrows()]
@@ -164,7 +163,7 @@ class PredictApp:
                 if dicom.is_dicom(content):
                     dicom.read_dicom(content, name)
                 else:
-                    predict.check_image_bytes(content, name)
+                    inputs.check_image_bytes(content, name)
                 accepted.append((name, content))
             except (predict.ImageError, dicom.DicomError) as exc:
                 rejected.append(

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import config, data, dedup
+from btc import config, data, datasets, dedup
+from btc import images as btc_images
 from tests import images
 
 # --- index and bad input -------------------------------------------------------------------------
@@ -40,9 +41,9 @@ def messy_dir(tmp_path) -> Path:
 
 
 def test_detect_format_reads_content_not_extension():
-    assert data.detect_format(images.encoded(images.brain_like(40), "PNG")[:16]) == "png"
-    assert data.detect_format(images.encoded(images.brain_like(40), "JPEG")[:16]) == "jpeg"
-    assert data.detect_format(b"hello world, no image") == "unknown"
+    assert btc_images.detect_format(images.encoded(images.brain_like(40), "PNG")[:16]) == "png"
+    assert btc_images.detect_format(images.encoded(images.brain_like(40), "JPEG")[:16]) == "jpeg"
+    assert btc_images.detect_format(b"hello world, no image") == "unknown"
 
 
 def test_index_reports_every_bad_file_and_keeps_the_rest(messy_dir, caplog):
@@ -78,7 +79,7 @@ def test_index_reports_every_bad_file_and_keeps_the_rest(messy_dir, caplog):
 
 def test_sixteen_bit_png_is_scaled_not_clipped():
     arr = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
-    gray = np.asarray(data.to_grayscale(Image.fromarray(arr)))
+    gray = np.asarray(btc_images.to_grayscale(Image.fromarray(arr)))
     assert gray.min() == 0 and gray.max() == 255 and len(np.unique(gray)) > 200
 
 
@@ -87,7 +88,7 @@ def test_stage_survives_bad_files_and_writes_a_manifest(messy_dir, tmp_path):
         data_dir=messy_dir, workers=1, val_fraction=0.2, test_fraction=0.2
     )
     result = data.preprocess(cfg, manifest_path=tmp_path / "m.csv")
-    manifest = data.load_manifest(tmp_path / "m.csv")
+    manifest = datasets.load_manifest(tmp_path / "m.csv")
     report = result["report"]
     dropped = report["exact_copies_removed"] + report["label_conflict_images"]
     assert len(manifest) == result["index"]["readable"].sum() - dropped > 0
@@ -140,7 +141,7 @@ def real_groups(full_index):
 def test_grouped_split_has_no_leakage_and_is_stratified(full_index, real_groups):
     cfg = config.PreprocessConfig()
     manifest, report = data.split_dataset(full_index, real_groups, cfg)
-    assert report["groups_crossing_splits"] == 0 == data.crossing_groups(manifest)
+    assert report["groups_crossing_splits"] == 0 == datasets.crossing_groups(manifest)
     assert manifest.groupby("group")["split"].nunique().max() == 1
     assert manifest.groupby("sha256")["split"].nunique().max() == 1
     shares = pd.crosstab(manifest["class"], manifest["split"], normalize="index")
@@ -163,15 +164,15 @@ def test_official_split_drops_leaked_test_images(full_index, real_groups):
     dropped = report["official_test_dropped_for_leakage"]
     assert dropped == report["official_leakage"]["testing_images_with_training_copy"] > 0
     assert set(manifest.loc[manifest.split == "test", "official_split"]) == {"Testing"}
-    assert data.crossing_groups(manifest) == 0
+    assert datasets.crossing_groups(manifest) == 0
 
 
 def test_manifest_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "manifest.csv"
     good = pd.DataFrame(
-        [["a", "s", "glioma", "train", 0, "", "jpeg", "L"]], columns=data.MANIFEST_COLUMNS
+        [["a", "s", "glioma", "train", 0, "", "jpeg", "L"]], columns=datasets.MANIFEST_COLUMNS
     )
-    data.write_manifest(good, path, {"params": {}})
+    datasets.write_manifest(good, path, {"params": {}})
     before = path.read_bytes()
 
     def boom(*args, **kwargs):
@@ -179,7 +180,7 @@ def test_manifest_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
     with pytest.raises(OSError):
-        data.write_manifest(good, path, {"params": {}})
+        datasets.write_manifest(good, path, {"params": {}})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "manifest.json"]
 
@@ -195,7 +196,7 @@ def sample_manifest(real_sample, tmp_path_factory):
 
 
 def test_pipeline_yields_grayscale_replicated_unit_range_tensors(sample_manifest):
-    ds = data.make_dataset(sample_manifest, "val", image_size=72, batch_size=4)
+    ds = datasets.make_dataset(sample_manifest, "val", image_size=72, batch_size=4)
     x, y = next(iter(ds))
     x = x.numpy()
     assert x.shape == (4, 72, 72, 3) and x.dtype == np.float32
@@ -207,8 +208,8 @@ def test_pipeline_yields_grayscale_replicated_unit_range_tensors(sample_manifest
 
 
 def test_training_pipeline_augments_and_stays_in_range(sample_manifest):
-    plain = data.make_dataset(sample_manifest, "train", 64, 8, augment=False, shuffle=False)
-    augmented = data.make_dataset(sample_manifest, "train", 64, 8, augment=True, shuffle=False)
+    plain = datasets.make_dataset(sample_manifest, "train", 64, 8, augment=False, shuffle=False)
+    augmented = datasets.make_dataset(sample_manifest, "train", 64, 8, augment=True, shuffle=False)
     (x0, y0), (x1, y1) = next(iter(plain)), next(iter(augmented))
     assert np.array_equal(y0, y1)
     assert not np.allclose(x0, x1)
@@ -217,9 +218,9 @@ def test_training_pipeline_augments_and_stays_in_range(sample_manifest):
 
 def test_make_dataset_rejects_bad_arguments(sample_manifest):
     with pytest.raises(ValueError, match=r"`split` must be one of .* Received: split='testing'"):
-        data.make_dataset(sample_manifest, "testing")
+        datasets.make_dataset(sample_manifest, "testing")
     with pytest.raises(ValueError, match="image_size"):
-        data.make_dataset(sample_manifest, "train", image_size=8)
+        datasets.make_dataset(sample_manifest, "train", image_size=8)
 
 
 # --- the source shortcut ---------------------------------------------------------------------------

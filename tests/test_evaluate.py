@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
-from btc import evaluate
+from btc import calibration, evaluate, reports
 
 
 def _onehotish(pred, k=4, conf=0.7):
@@ -42,7 +42,7 @@ def test_ece_is_near_zero_for_perfectly_calibrated_predictions():
     probs = np.tile(((1 - conf) / (k - 1))[:, None], (1, k))
     probs[np.arange(n), pred] = conf
     assert evaluate.expected_calibration_error(probs, label) < 0.01
-    overconfident = evaluate.apply_temperature(probs, 0.3)
+    overconfident = calibration.apply_temperature(probs, 0.3)
     assert evaluate.expected_calibration_error(overconfident, label) > 0.1
 
 
@@ -53,8 +53,8 @@ def test_temperature_scaling_lowers_nll_and_keeps_the_argmax():
     logits = rng.normal(0, 1, (n, k))
     logits[np.arange(n), labels] += 1.0
     probs = np.exp(4 * logits) / np.exp(4 * logits).sum(1, keepdims=True)  # over-confident
-    t = evaluate.fit_temperature(probs, labels)
-    calibrated = evaluate.apply_temperature(probs, t)
+    t = calibration.fit_temperature(probs, labels)
+    calibrated = calibration.apply_temperature(probs, t)
     assert t > 1.5
     assert log_loss(labels, calibrated) < 0.8 * log_loss(labels, probs)
     assert np.array_equal(calibrated.argmax(1), probs.argmax(1))
@@ -97,10 +97,10 @@ def test_leakage_gate_fires_on_a_crossing_group():
 def test_ensemble_of_identical_models_equals_the_model():
     rng = np.random.default_rng(3)
     p = rng.dirichlet(np.ones(4), 50)
-    np.testing.assert_allclose(evaluate.ensemble([p, p, p]), p)
-    np.testing.assert_allclose(evaluate.ensemble([p, p], [0.2, 0.8]), p)
+    np.testing.assert_allclose(calibration.ensemble([p, p, p]), p)
+    np.testing.assert_allclose(calibration.ensemble([p, p], [0.2, 0.8]), p)
     y = p.argmax(1)
-    w = evaluate.fit_ensemble_weights([p, rng.dirichlet(np.ones(4), 50)], y)
+    w = calibration.fit_ensemble_weights([p, rng.dirichlet(np.ones(4), 50)], y)
     assert w[0] > w[1] and w.sum() == pytest.approx(1.0)
 
 
@@ -158,7 +158,7 @@ def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models_copy
     best = max(["cnn", "mobilenet"], key=acc.get)
     expected = "ensemble" if acc["ensemble"] > acc[best] else best
     assert chosen["default_model"] == expected == report["models"]["ensemble"]["default_model"]
-    assert "accuracy" in evaluate.plain_summary(report) or "correct on" in evaluate.plain_summary(
+    assert "accuracy" in reports.plain_summary(report) or "correct on" in evaluate.plain_summary(
         report
     )
 

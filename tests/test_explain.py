@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from btc import explain, models, train
+from btc import explain, models, saliency, train
 
 SIZE = 96
 
@@ -116,7 +116,7 @@ def test_saliency_report_writes_titled_figures_and_json(tiny_models, tmp_path):
     import json
 
     models_dir, manifest = tiny_models
-    report = explain.saliency_report(["cnn"], ["gradcam", "smoothgrad"], images_per_class=2,
+    report = saliency.saliency_report(["cnn"], ["gradcam", "smoothgrad"], images_per_class=2,
                                      sanity_images=4, manifest_path=manifest, models_dir=models_dir,
                                      results_dir=tmp_path, n_bootstrap=100)  # fmt: skip
     figures = list((tmp_path / "saliency_maps" / "cnn").glob("*/*.png"))

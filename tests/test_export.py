@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc import cli, data, export, predict
+from btc import cli, datasets, export, predict
 
 TEMPERATURE = 0.5  # not 1 (a runtime that skipped it is caught); sharpens the tiny models' outputs
 
@@ -84,7 +84,7 @@ def test_litert_agrees_with_keras(exported, scans, keras_records, name, quantize
 def test_runtime_applies_the_training_preprocessing_and_temperature(exported, scans):
     models_dir, manifest = exported
     row = pd.read_csv(manifest, keep_default_na=False).iloc[[0]]
-    x, _ = next(iter(data.make_dataset(row, row.split.iloc[0], 64, 1, augment=False,
+    x, _ = next(iter(datasets.make_dataset(row, row.split.iloc[0], 64, 1, augment=False,
                                        shuffle=False, cache=False)))  # fmt: skip
     model, meta = export.load_litert("cnn", "none", models_dir)
     raw = model.predict_on_batch(x.numpy())[0]
@@ -129,8 +129,8 @@ def test_metadata_round_trips(exported):
         assert meta["image_size"] == source["image_size"] == 64
         assert meta["normalisation"].startswith(source["normalisation"])
         assert meta["temperature"] == TEMPERATURE and meta["quantize"] == quantize
-        assert meta["source_sha256"] == data.file_sha256(models_dir / "cnn" / "model.keras")
-        assert meta["tflite_sha256"] == data.file_sha256(path)
+        assert meta["source_sha256"] == datasets.file_sha256(models_dir / "cnn" / "model.keras")
+        assert meta["tflite_sha256"] == datasets.file_sha256(path)
         assert meta["tflite_bytes"] == path.stat().st_size
         sizes[quantize] = meta["tflite_bytes"]
         loaded = predict.load_models(["cnn"], models_dir, runtime="litert", quantize=quantize)

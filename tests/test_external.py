@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc import config, data, external, train
+from btc import config, data, datasets, external, models, train
 from tests.conftest import SHARED_EXTERNAL
 
 
@@ -84,11 +84,11 @@ def test_tumour_sensitivity_and_group_bootstrap():
 def test_partial_label_loss_and_accuracy():
     p = np.array([[0.2, 0.3, 0.4, 0.1], [0.2, 0.3, 0.4, 0.1], [0.1, 0.1, 0.7, 0.1]], np.float32)
     y = np.array([1, 4, 4])  # meningioma; tumour of unknown type twice
-    loss = np.asarray(train.partial_label_crossentropy(y, p))
+    loss = np.asarray(models.partial_label_crossentropy(y, p))
     assert np.allclose(loss, [-np.log(0.3), -np.log(0.6), -np.log(0.3)], atol=1e-6)
-    acc = np.asarray(train.partial_label_accuracy(y, p))
+    acc = np.asarray(models.partial_label_accuracy(y, p))
     assert acc.tolist() == [0.0, 0.0, 0.0]  # argmax notumor is wrong for both labels
-    acc = np.asarray(train.partial_label_accuracy(np.array([2, 4]), p[[0, 0]][:, [2, 1, 0, 3]]))
+    acc = np.asarray(models.partial_label_accuracy(np.array([2, 4]), p[[0, 0]][:, [2, 1, 0, 3]]))
     assert acc.tolist() == [0.0, 1.0]  # glioma predicted: wrong for notumor, right for "tumour"
 
 
@@ -101,7 +101,9 @@ def test_training_uses_external_groups_as_unknown_tumour(tiny_manifest, tmp_path
     ext, _ = external.prepare_external(SHARED_EXTERNAL, data.index_dataset(
         SHARED_EXTERNAL.parent / "brain-tumor-mri", sample_per_class=2, workers=1), seed=0)  # fmt: skip
     external.write_external(ext, manifest.with_name("external.csv"))
-    ds = data.make_dataset(pd.concat([frame, ext]), "train", 64, 512, augment=False, shuffle=False)
+    ds = datasets.make_dataset(
+        pd.concat([frame, ext]), "train", 64, 512, augment=False, shuffle=False
+    )
     labels = np.concatenate([y.numpy() for _, y in ds])
     assert (labels == len(config.CLASS_NAMES)).sum() == (ext.split == "train").sum()
     cfg = train.TrainConfig(model="cnn", image_size=64, batch_size=32, epochs_head=1,

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import config, data, predict
+from btc import config, datasets, inputs, predict
+from btc import images as btc_images
 from tests import images
 
 
@@ -32,7 +33,7 @@ def test_files(tiny_models):
 def test_every_input_kind_gives_the_same_calibrated_prediction(loaded, test_files):
     models, _, _ = loaded
     path = Path(test_files[0])
-    gray = np.asarray(data.to_grayscale(Image.open(path)))
+    gray = np.asarray(btc_images.to_grayscale(Image.open(path)))
     as_png = io.BytesIO()
     Image.fromarray(gray).save(as_png, "PNG")
     by_path = predict.predict(path, "cnn", models)[0]
@@ -57,7 +58,7 @@ def test_prediction_matches_the_training_pipeline_and_temperature(loaded, test_f
     frame = pd.read_csv(manifest, keep_default_na=False)
     row = frame[frame.path == test_files[0]]
     x, _ = next(
-        iter(data.make_dataset(row, "test", 64, 1, augment=False, shuffle=False, cache=False))
+        iter(datasets.make_dataset(row, "test", 64, 1, augment=False, shuffle=False, cache=False))
     )
     np.testing.assert_allclose(
         predict.predict([test_files[0]], "cnn", models)[0]["image"], x.numpy()[0]
@@ -92,7 +93,7 @@ def test_ensemble_record_carries_every_member(loaded, test_files):
 )  # fmt: skip
 def test_bad_uploads_are_rejected_with_the_reason(content, fragment):
     with pytest.raises(predict.ImageError, match=fragment):
-        predict.check_image_bytes(content, "upload.jpg")
+        inputs.check_image_bytes(content, "upload.jpg")
 
 
 def _cli(*args, env_dirs):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc import config, data, models, train
+from btc import artifacts, config, datasets, models, train
 from tests.conftest import PROJECT_ROOT, SHARED_WEIGHTS
 
 
@@ -43,7 +43,7 @@ def test_phases_freeze_backbone_and_keep_batchnorm_in_inference_mode():
 
 def test_loss_falls_on_a_tiny_real_subset(tiny_manifest):
     keras.utils.set_random_seed(0)
-    ds = data.make_dataset(tiny_manifest, "train", 64, 16, augment=False, shuffle=False)
+    ds = datasets.make_dataset(tiny_manifest, "train", 64, 16, augment=False, shuffle=False)
     model = models.build_model("cnn", image_size=64, weights=None)
     train._compile(model, 1e-3)
     losses = model.fit(ds, epochs=5, verbose=0).history["loss"]
@@ -53,7 +53,7 @@ def test_loss_falls_on_a_tiny_real_subset(tiny_manifest):
 def test_saved_model_reloads_and_predicts_identically(tmp_path):
     model = models.build_model("mobilenet", image_size=64, weights=None, alpha=0.25)
     x = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
-    train.save_model_atomic(model, tmp_path / "model.keras")
+    artifacts.save_model_atomic(model, tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(
         reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
@@ -69,19 +69,20 @@ def test_two_phase_run_writes_complete_artifacts(tiny_manifest, tmp_path):
     )  # fmt: skip
     meta = train.train(cfg, tiny_manifest, tmp_path / "models", tmp_path / "results", verbose=0)
     folder = tmp_path / "models" / "mobilenet"
-    assert json.loads((folder / "metadata.json").read_text()) == json.loads(json.dumps(meta))
+    assert json.loads((folder / "metadata.json").read_text()) == meta.to_dict()
+    assert meta.image_size == 64 and meta.class_names == tuple(config.CLASS_NAMES)  # typed
     for key in ["class_names", "image_size", "normalisation", "config", "manifest_sha256",
                 "versions", "params_total", "training_seconds", "best_val_accuracy",
                 "best_val_loss", "epochs_run", "gradcam_layer"]:  # fmt: skip
         assert meta[key] not in (None, "", []), key
     assert meta["class_names"] == list(config.CLASS_NAMES)
-    assert meta["manifest_sha256"] == data.file_sha256(tiny_manifest)
+    assert meta["manifest_sha256"] == datasets.file_sha256(tiny_manifest)
     assert meta["config"]["weights"] == str(SHARED_WEIGHTS) and meta["phase_starts"] == [0, 1]
     history = pd.read_csv(folder / "history.csv")
     assert history["phase"].tolist() == ["head", "finetune"] and meta["epochs_run"] == 2
     assert (tmp_path / "results" / "02_train" / "mobilenet_curves.png").stat().st_size > 1000
     assert not (folder / "run").exists(), "unfinished-run folder left behind"
-    model, loaded_meta = train.load_trained("mobilenet", tmp_path / "models")
+    model, loaded_meta = artifacts.load_trained("mobilenet", tmp_path / "models")
     assert model.input_shape == (None, 64, 64, 3) and loaded_meta["name"] == "mobilenet"
 
 
@@ -94,7 +95,7 @@ def test_one_phase_recipe_trains_every_layer_and_batch_norm(tiny_manifest, tmp_p
     assert meta["phase_starts"] == [0] and meta["epochs_run"] == 2
     history = pd.read_csv(tmp_path / "models" / "mobilenet" / "history.csv")
     assert history["phase"].tolist() == ["all", "all"]
-    model, _ = train.load_trained("mobilenet", tmp_path / "models")
+    model, _ = artifacts.load_trained("mobilenet", tmp_path / "models")
     bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bn and all(layer.trainable for layer in bn)
     fresh = models.build_model("mobilenet", 4, 64, str(SHARED_WEIGHTS), alpha=0.25)

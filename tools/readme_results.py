@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from recipes import table as recipe_table  # noqa: E402
 
 from btc import config  # noqa: E402
-from btc.evaluate import comparison_markdown  # noqa: E402
+from btc.reports import comparison_markdown  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

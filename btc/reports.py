@@ -1,0 +1,154 @@
+"""Reports of evaluation in words and tables: the model comparison, model cards, a plain summary.
+
+Pure formatting of the dicts `btc.evaluate.evaluate` returns (no TensorFlow, no model loading),
+so the README generator and the notebooks share one wording.
+"""
+
+from __future__ import annotations
+
+
+def summary_row(name: str, result: dict) -> dict:
+    m, ci = result["metrics"], result["ci"]
+    row = {"model": name, "accuracy": m["accuracy"], "accuracy_ci": ci["accuracy"],
+           "f1_macro": m["f1_macro"], "f1_macro_ci": ci["f1_macro"],
+           "balanced_accuracy": m["balanced_accuracy"], "mcc": m["mcc"],
+           "roc_auc_macro": m["roc_auc_macro"], "ece_before": result["uncalibrated"]["ece"],
+           "ece_after": m["ece"], "temperature": result.get("temperature"),
+           "tumour_called_no_tumour_rate": m.get("tumour_called_no_tumour_rate")}  # fmt: skip
+    for cls, values in m["per_class"].items():
+        row[f"sensitivity_{cls}"] = values["sensitivity"]
+        row[f"sensitivity_{cls}_ci"] = ci["sensitivity"][cls]
+    ext = result.get("external") or {}
+    row["external_sensitivity"], row["external_sensitivity_ci"] = (
+        ext.get("sensitivity"),
+        ext.get("ci"),
+    )
+    return row
+
+
+def _fmt(value, ci=None) -> str:
+    if value is None:
+        return "–"
+    text = f"{100 * value:.1f}"
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
+
+
+def comparison_markdown(report: dict) -> str:
+    """Markdown table of every evaluated model and the ensemble (percent, 95 % CI)."""
+    leaky = "LEAKY — " if report["leakage"]["leaky"] else ""
+    classes = report["class_names"]
+    head = ["model", "accuracy", "macro-F1"] + [f"sens. {c}" for c in classes] + [
+        "ECE before → after", "T", "external tumour sens."]  # fmt: skip
+    lines = [f"{leaky}Test split: {report['split_sizes']['test']} images, 95 % bootstrap CIs "
+             f"({report['n_bootstrap']} resamples); numbers in %.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for row in report["table"]:
+        cells = [row["model"], _fmt(row["accuracy"], row["accuracy_ci"]),
+                 _fmt(row["f1_macro"], row["f1_macro_ci"])]  # fmt: skip
+        cells += [_fmt(row[f"sensitivity_{c}"], row[f"sensitivity_{c}_ci"]) for c in classes]
+        cells += [f"{_fmt(row['ece_before'])} → {_fmt(row['ece_after'])}",
+                  "–" if row["temperature"] is None else f"{row['temperature']:.2f}",
+                  _fmt(row.get("external_sensitivity"), row.get("external_sensitivity_ci"))]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    ext = report.get("external_set")
+    if ext:
+        lines += ["", f"External: {ext['what']} — {ext['images']} images in {ext['groups']} "
+                      "near-copy groups; sensitivity = share not called 'no tumour', CI resamples "
+                      "whole groups. The internal split shares its sources with training and "
+                      "cannot reveal a source shortcut; the external set can."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def model_card(meta: dict, result: dict, report: dict) -> str:
+    """Markdown model card: intended use, data, metrics with CIs, calibration, limitations."""
+    m, ci, u = result["metrics"], result["ci"], result["uncalibrated"]
+    leaky = "\n> **LEAKY EVALUATION** — the test split shares duplicates with training.\n" if report[
+        "leakage"]["leaky"] else ""  # fmt: skip
+    sens = "\n".join(
+        f"| {c} | {_fmt(v['sensitivity'], ci['sensitivity'][c])} | {_fmt(v['specificity'])} | "
+        f"{_fmt(v['precision'])} | {_fmt(v['f1'])} | {v['support']} |"
+        for c, v in m["per_class"].items()
+    )
+    cfg = meta["config"]
+    return f"""# Model card — {meta["name"]} ({meta["model"]})
+{leaky}
+## Intended use
+Research decision support for classifying 2-D brain MRI slices into {", ".join(meta["class_names"])}.
+**Not a diagnostic device**: not clinically validated; a radiologist's reading always prevails.
+Not for treatment decisions, other modalities, 3-D volumes, or paediatric populations.
+
+## Model
+Registry model `{meta["model"]}`, {meta["params_total"]:,} parameters, input {meta["image_size"]} px
+({meta["input"]}; normalisation inside the graph: {meta["normalisation"]}). Weights: `{cfg["weights"]}`.
+Trained {meta["epochs_run"]} epochs ({meta["training_seconds"] / 60:.1f} min), phases start at epochs
+{meta["phase_starts"]}; best validation accuracy {_fmt(meta["best_val_accuracy"])} %.
+Versions: {", ".join(f"{k} {v}" for k, v in meta["versions"].items())}.
+
+## Data and split
+Kaggle "Brain Tumor MRI Dataset" (Nickparvar; figshare, SARTAJ and Br35H sources). Exact, near and
+mirrored duplicates were grouped and every group kept in one split; images converted to grayscale
+to remove the colour-mode shortcut. Train {meta["train_images"]}, validation {meta["val_images"]},
+test {report["split_sizes"].get("test")} images. Manifest sha256 `{report["manifest_sha256"][:16]}…`.
+Leakage check: {report["leakage"]["test_images_leaked"]} test images share a group with train/val.
+External training images (Br35H tumour scans as "tumour, type unknown"): {meta.get("external_train_images", 0)}.
+
+## External validation (the notumor class's own source, held-out groups)
+{_external_line(result.get("external"))}
+
+## Test metrics (95 % bootstrap CI, {report["n_bootstrap"]} resamples), in %
+Accuracy {_fmt(m["accuracy"], ci["accuracy"])}; macro-F1 {_fmt(m["f1_macro"], ci["f1_macro"])};
+balanced accuracy {_fmt(m["balanced_accuracy"])}; MCC {m["mcc"]:.3f}; macro ROC-AUC {m["roc_auc_macro"]:.3f}.
+Tumours called "no tumour": {_fmt(m.get("tumour_called_no_tumour_rate"))} %.
+
+| class | sensitivity | specificity | precision | F1 | n |
+|---|---|---|---|---|---|
+{sens}
+
+## Calibration
+Temperature {result["temperature"]} fitted on the validation split. ECE (15 bins)
+{_fmt(u["ece"])} % → {_fmt(m["ece"])} %; NLL {u["nll"]:.3f} → {m["nll"]:.3f}; Brier {u["brier"]:.3f} → {m["brier"]:.3f}.
+
+## Limitations
+- No patient identifiers in the source data: neighbouring slices of one patient may still sit in
+  different splits; near-duplicate grouping reduces but cannot exclude this.
+- Three public sources with different scanners and protocols; performance on other sites is unknown.
+- A handful of labels in the source set may be wrong; groups with conflicting labels were dropped.
+- Single 2-D slices only; no clinical context.
+
+## Ethical considerations
+Errors have asymmetric costs: a missed tumour (see the "no tumour" rate above) is worse than a false
+alarm. Show calibrated confidence, not only the top class. Saliency maps show what the model used,
+not where the tumour is. Patient data must not leave the institution without consent.
+"""
+
+
+def _external_line(ext: dict | None) -> str:
+    if not ext:
+        return (
+            "No external set was prepared (01 found no `external_dir`): source shortcuts untested."
+        )
+    return (f"Br35H tumour scans: {ext['images']} images in {ext['groups']} near-copy groups; "
+            f"tumour sensitivity {_fmt(ext['sensitivity'], ext['ci'])} % (group-bootstrap 95 % CI); "
+            f"called {ext['called']}.")  # fmt: skip
+
+
+def plain_summary(report: dict) -> str:
+    """A short plain-language paragraph per model, for clinicians and reviewers."""
+    leaky = (
+        "LEAKY evaluation — these numbers overstate performance. "
+        if report["leakage"]["leaky"]
+        else ""
+    )
+    lines = []
+    for row in report["table"]:
+        worst = min(report["class_names"], key=lambda c: row[f"sensitivity_{c}"] or 0)
+        missed = row["tumour_called_no_tumour_rate"]
+        lines.append(
+            f"- **{row['model']}**: {leaky}correct on {_fmt(row['accuracy'])} % of "
+            f"{report['split_sizes']['test']} unseen test images (95 % CI "
+            f"{_fmt(row['accuracy_ci'][0])}–{_fmt(row['accuracy_ci'][1])} %). It misses "
+            f"{worst} most often (sensitivity {_fmt(row[f'sensitivity_{worst}'])} %), and calls "
+            f"{_fmt(missed)} % of tumours 'no tumour'. After calibration its confidence is off by "
+            f"{_fmt(row['ece_after'])} points on average (ECE; {_fmt(row['ece_before'])} before)."
+        )
+    return "\n".join(lines)
