@@ -291,7 +291,7 @@ def risk_coverage(curves: dict, points: dict, target_error: float, path=None) ->
     """Risk–coverage curves: error rate of the answered test scans against the share answered.
 
     Args:
-        curves: `{name: (coverage, risk)}` (`btc.ood.risk_coverage`, most confident first).
+        curves: `{name: (coverage, risk)}` (`btc.oodmetrics.risk_coverage`, most confident first).
         points: `{name: btc.ood.selective_metrics(...)}`; a dot marks each operating point.
         target_error: The error rate the confidence thresholds were fitted for (dashed line).
         path: Where to save the PNG.
