@@ -259,8 +259,8 @@ def run_notebook(
             log_output=False,
             stdout_file=streams[0] if streams else None,
             stderr_file=streams[1] if streams else None,
-            # the kernel's own start-up warnings (e.g. "running over TCP without encryption")
-            extra_arguments=[] if verbose else ["--IPKernelApp.log_level=ERROR"],
+            # the kernel app's own log (start-up TCP warning, "KeyboardInterrupt caught" at shutdown)
+            extra_arguments=[] if verbose else ["--IPKernelApp.log_level=CRITICAL"],
         )
     except PapermillExecutionError as exc:
         trace = "\n".join(exc.traceback[-8:]) if exc.traceback else exc.evalue

@@ -46,6 +46,7 @@ SLOW_TESTS = {
     "test_failing_notebook_stops_with_the_cell_and_keeps_partial_output",  # a papermill kernel
     "test_run_notebook_streams_what_it_prints_without_tensorflow_noise",  # two kernels
     "test_stage_survives_bad_files_and_writes_a_manifest",  # the whole data stage
+    "test_the_command_keeps_tensorflow_start_up_lines_out_unless_verbose",  # two TF start-ups
 }
 
 

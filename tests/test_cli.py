@@ -67,14 +67,29 @@ def test_bad_parameters_are_rejected_keras_style(tmp_path, capsys):
 def test_an_unknown_option_exits_2_with_the_allowed_names():
     done = subprocess.run(
         [sys.executable, "-m", "btc.cli", "train", "--image-szie", "64"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2
     assert "error: Unknown `btc train` parameter(s) ['image_szie']" in done.stderr
     assert "'image_size'" in done.stderr and done.stderr.rstrip().endswith(
         "Received: image_szie='64'"
     )
-    assert "oneDNN" not in done.stderr and "absl" not in done.stderr  # TensorFlow kept quiet
+
+
+def test_the_command_keeps_tensorflow_start_up_lines_out_unless_verbose():
+    def run(*extra):  # `train` imports TensorFlow before it checks the parameters
+        argv = [sys.executable, "-m", "btc.cli", "train", "-p", "epochs_cnm=1", *extra]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    quiet, verbose = run(), run("--verbose")
+    assert quiet.returncode == verbose.returncode == 2
+    noise = [line for line in verbose.stderr.splitlines() if pipeline.TF_NOISE.match(line)]
+    assert noise, verbose.stderr  # TensorFlow does print them ...
+    assert not [line for line in quiet.stderr.splitlines() if pipeline.TF_NOISE.match(line)]
+    assert quiet.stderr.strip().splitlines() == [  # ... and only the answer is left
+        line for line in verbose.stderr.strip().splitlines() if line not in noise
+    ]
+    assert "Unknown `btc train` parameter(s) ['epochs_cnm']" in quiet.stderr
 
 
 def test_preprocess_writes_the_manifest_and_summary_the_notebook_writes(
