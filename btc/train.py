@@ -163,6 +163,30 @@ def _multi_worker_strategy():
     return Strategy()
 
 
+def _average_over_replicas(model: keras.Model, strategy) -> None:
+    """Give every replica the mean of the replicas' non-trainable float weights (BN statistics).
+
+    Gradients are all-reduced, so trainable weights are identical everywhere; but Keras 3 updates
+    BatchNormalization moving statistics from each replica's own batches, so each worker (and each
+    GPU) would otherwise end with its own, and the chief would save the statistics of its shard.
+    """
+    import tensorflow as tf
+
+    stats = [w for w in model.non_trainable_weights if "float" in str(w.dtype)]
+    if strategy.num_replicas_in_sync == 1 or not stats:
+        return
+
+    @tf.function
+    def average():
+        ctx = tf.distribute.get_replica_context()
+        local = [tf.identity(w.value) for w in stats]  # this replica's own copy
+        means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+        for w, mean in zip(stats, means):
+            w.assign(mean)
+
+    strategy.run(average)
+
+
 def _shard_by_element(ds):
     """Under a multi-worker strategy each worker keeps every n-th batch of the same seeded order.
 
@@ -336,6 +360,7 @@ def train(
             callbacks=cbs, verbose=verbose,
             class_weight=_class_weights(frame) if config.class_weights else None,
         )  # fmt: skip
+        _average_over_replicas(model, strategy)
         model.save_weights(marker)
         epoch0 += epochs
     seconds = time.perf_counter() - start
