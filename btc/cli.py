@@ -10,38 +10,21 @@ validated configs, call the same btc functions and write the same artifacts as t
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
 import os
 import sys
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-STAGE_NOTEBOOKS = {
-    "preprocess": "01_preprocess.ipynb",
-    "train": "02_train.ipynb",
-    "evaluate": "03_evaluate.ipynb",
-}
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "int": int, "float": (int, float), "bool": bool, "str": str, "list": list,
-}  # fmt: skip
-_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
-
 
 def _key_value(text: str) -> tuple[str, object]:
-    key, value = _key_text(text)
+    from btc.parameters import key_text
+
+    key, value = key_text(text)
     return key, yaml.safe_load(value)
-
-
-def _key_text(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), value
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -56,103 +39,11 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- stage commands: the notebooks' parameters ------------------------------------------------
-
-
-def declared_parameters(stage: str) -> dict[str, dict[str, Any]]:
-    """Return the parameters the stage's notebook declares: name → type, default and help.
-
-    Args:
-        stage: `"preprocess"`, `"train"` or `"evaluate"`.
-
-    Returns:
-        The notebook's `parameters` cell, read by `btc.pipeline.notebook_parameters`.
-
-    Raises:
-        ValueError: On an unknown stage.
-    """
-    from btc import config, pipeline
-
-    config.check_choice("stage", stage, list(STAGE_NOTEBOOKS))
-    return pipeline.notebook_parameters(config.NOTEBOOKS_DIR / STAGE_NOTEBOOKS[stage])
-
-
-def _unknown(what: str, given: Mapping[str, Any], allowed) -> None:
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"Unknown {what} parameter(s) {unknown}. Allowed: {sorted(allowed)}. "
-            f"Received: {', '.join(f'{k}={given[k]!r}' for k in unknown)}"
-        )
-
-
-def _convert(name: str, kind: str, value: Any) -> Any:
-    """Turn a command-line string into the parameter's declared type (other values pass)."""
-    if not isinstance(value, str) or kind == "str":
-        return value
-    text = value.strip()
-    try:
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-    except ValueError:
-        raise ValueError(f"`{name}` must be a{'n' if kind == 'int' else ''} {kind}. "
-                         f"Received: {name}={value!r}") from None  # fmt: skip
-    if kind == "bool":
-        if text.lower() not in _TRUE + _FALSE:
-            raise ValueError(f"`{name}` must be one of {list(_TRUE + _FALSE)}. Received: {name}={value!r}")  # fmt: skip
-        return text.lower() in _TRUE
-    if kind == "list":
-        if text.startswith("["):
-            return yaml.safe_load(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
-
-
-def stage_parameters(
-    stage: str, preset: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Resolve a stage's parameters: the notebook's defaults, then a preset, then overrides.
-
-    Args:
-        stage: `"preprocess"`, `"train"` or `"evaluate"`.
-        preset: Preset name (`params/<name>.yaml`) or YAML path; its keys that belong to other
-            notebooks are ignored, keys that no notebook declares are rejected.
-        overrides: Parameter name → value; strings (from the command line) are converted to
-            the type the notebook declares (`"7"` → 7, `"false"` → False, `"cnn,mobilenet"` →
-            a list).
-
-    Returns:
-        A value for every parameter the stage's notebook declares, in the notebook's order.
-
-    Raises:
-        ValueError: On an unknown stage, preset or parameter name, or an unconvertible value.
-        TypeError: If a value does not have the declared type (e.g. a preset's `seed: "7"`).
-    """
-    from btc import pipeline
-
-    declared = declared_parameters(stage)
-    values = {name: info["default"] for name, info in declared.items()}
-    if preset:
-        from_preset = pipeline.load_preset(preset)
-        every = set().union(*(pipeline.notebook_parameters(nb) for nb in pipeline.notebooks()))
-        _unknown(f"preset {str(preset)!r}", from_preset, every)
-        values.update({k: v for k, v in from_preset.items() if k in declared})
-    overrides = dict(overrides or {})
-    _unknown(f"`btc {stage}`", overrides, declared)
-    values.update({k: _convert(k, declared[k]["type"], v) for k, v in overrides.items()})
-    for name, value in values.items():
-        kind = declared[name]["type"]
-        expected = _TYPES.get(kind, object)
-        if (isinstance(value, bool) and kind != "bool") or not isinstance(value, expected):
-            raise TypeError(f"`{name}` must be of type {kind}. Received: {name}={value!r}")
-    return values
-
-
 def _stage_params(args: argparse.Namespace) -> dict[str, Any]:
+    from btc import parameters
+
     overrides = {**dict(args.param or []), **getattr(args, "overrides", {})}
-    return stage_parameters(args.command, args.preset, overrides)
+    return parameters.resolve(args.command, args.preset, overrides)
 
 
 def _fail(exc: BaseException | str, code: int) -> int:
@@ -165,7 +56,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
     try:
         cfg = config.PreprocessConfig.from_params(_stage_params(args))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         return _fail(exc, 2)
     manifest_path = Path(args.manifest or config.MANIFEST_PATH)
     try:
@@ -202,7 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         configs = train.configs_for(
             p.pop("models"), p.pop("epochs_cnn"), p.pop("mobilenet_alpha"), **p
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         return _fail(exc, 2)
     manifest = Path(args.manifest or config.MANIFEST_PATH)
     models_dir = Path(args.models_dir or config.MODELS_DIR)
@@ -235,7 +126,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         p = _stage_params(args)
         for name in ("n_bootstrap", "sanity_images", "saliency_images_per_class"):
             config.check_range(name, p[name], 1, types=int)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         return _fail(exc, 2)
     from btc import evaluate, oodeval, saliency
 
@@ -386,59 +277,6 @@ def _cmd_fetch_data(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Overrides(argparse.Action):
-    """Collect `--name VALUE` notebook parameters into `namespace.overrides` (raw strings)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        overrides = dict(getattr(namespace, "overrides", None) or {})
-        overrides[self.dest] = values
-        namespace.overrides = overrides
-
-
-def _add_stage_parser(sub, stage: str, help_text: str) -> None:
-    """Add `btc <stage>` with one `--name VALUE` option per notebook parameter."""
-    from btc.config import NOTEBOOKS_DIR
-
-    notebook = STAGE_NOTEBOOKS[stage]
-    try:
-        declared = declared_parameters(stage)
-    except FileNotFoundError:  # installed without the notebooks: the command says so when run
-        declared = {}
-    p = sub.add_parser(
-        stage, help=help_text, allow_abbrev=False,
-        description=f"{help_text[0].upper()}{help_text[1:]}. Same parameters, defaults, configs "
-        f"and artifacts as notebooks/{notebook}: the notebook's defaults, then --preset, then "
-        "the options below (or -p NAME=VALUE). Lists: a,b or [a, b]; booleans: true/false. "
-        "Exit code 2 on a bad parameter, 1 when the stage fails.",
-    )  # fmt: skip
-    p.add_argument("--preset", default=None, help="params/<name>.yaml or a YAML path (none)")
-    p.add_argument("-p", "--param", type=_key_text, action="append", help="NAME=VALUE")
-    p.add_argument("--manifest", default=None, help="manifest CSV (data/processed/manifest.csv)")
-    if stage != "preprocess":
-        p.add_argument("--models-dir", default=None, help="trained models (models/)")
-    p.add_argument("--results-dir", default=None, help="reports and figures (results/)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also show TensorFlow's start-up messages (CUDA, oneDNN, absl)")  # fmt: skip
-    group = p.add_argument_group(f"parameters of {notebook}")
-    for name, info in declared.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, action=_Overrides,
-                           metavar=info["type"].upper(), default=argparse.SUPPRESS,
-                           help=f"{info['help']} (default: {info['default']!r})".replace("%", "%%"))  # fmt: skip
-    p.set_defaults(func=_cmd_stage(stage, NOTEBOOKS_DIR / notebook), overrides={})
-
-
-def _cmd_stage(stage: str, notebook: Path):
-    run = {"preprocess": _cmd_preprocess, "train": _cmd_train, "evaluate": _cmd_evaluate}[stage]
-
-    def command(args: argparse.Namespace) -> int:
-        if not notebook.is_file():
-            return _fail(f"btc {stage} reads its parameters from {notebook}, which is missing "
-                         "(run btc from a clone of the repository)", 1)  # fmt: skip
-        return run(args)
-
-    return command
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the `btc` argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(
@@ -457,13 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also show TensorFlow's start-up messages (CUDA, oneDNN, absl)")  # fmt: skip
     p.set_defaults(func=_cmd_pipeline)
 
+    from btc import parameters
+
     stage_help = {
         "preprocess": "index, de-duplicate and split the data; write the manifest (stage 01)",
         "train": "train the models on the manifest; write models/<name>/ (stage 02)",
         "evaluate": "metrics, calibration, ensemble, saliency and OOD reports (stage 03)",
     }
+    run = {"preprocess": _cmd_preprocess, "train": _cmd_train, "evaluate": _cmd_evaluate}
     for stage, help_text in stage_help.items():
-        _add_stage_parser(sub, stage, help_text)
+        parameters.add_stage_parser(sub, stage, help_text, run[stage])
 
     p = sub.add_parser(
         "predict",
@@ -522,54 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unknown_options(stage: str, extras: list[str]) -> str:
-    """The Keras-style message for `--name VALUE` options the stage's notebook does not declare."""
-    given: dict[str, Any] = {}
-    for i, token in enumerate(extras):
-        if token.startswith("--"):
-            name, _, value = token[2:].partition("=")
-            follows = i + 1 < len(extras) and not extras[i + 1].startswith("--")
-            given[name.replace("-", "_")] = value or (extras[i + 1] if follows else True)
-    if not given:
-        return f"unrecognized arguments: {' '.join(extras)}"
-    try:
-        _unknown(f"`btc {stage}`", given, declared_parameters(stage))
-    except ValueError as exc:
-        return str(exc)
-    return f"unrecognized arguments: {' '.join(extras)}"
-
-
-def _filter_stderr(drop) -> None:
-    """Route file descriptor 2 through a thread that leaves out lines matching `drop`.
-
-    TensorFlow writes its start-up lines (CUDA, oneDNN, absl) from C++ straight to fd 2, before
-    `TF_CPP_MIN_LOG_LEVEL` takes effect, so only a filter on the descriptor keeps them out.
-    """
-    read_end, write_end = os.pipe()
-    original = os.dup(2)
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def pump() -> None:
-        with os.fdopen(read_end, "rb", 0) as src, os.fdopen(os.dup(original), "wb", 0) as dst:
-            partial = b""
-            while chunk := src.read(65536):
-                *lines, partial = (partial + chunk).split(b"\n")
-                dst.write(b"".join(line + b"\n" for line in lines
-                                   if not drop.match(line.decode(errors="replace"))))  # fmt: skip
-            dst.write(partial)
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-
-    def restore() -> None:
-        sys.stderr.flush()
-        os.dup2(original, 2)  # closes the pipe's last write end: the pump drains and stops
-        thread.join(timeout=2)
-
-    atexit.register(restore)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `btc` command; returns the process exit code.
 
@@ -582,16 +375,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from btc import parameters
+
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
-        if args.command not in STAGE_NOTEBOOKS:
+        if args.command not in parameters.STAGE_NOTEBOOKS:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
-        return _fail(_unknown_options(args.command, extras), 2)
+        return _fail(parameters.unknown_options_message(args.command, extras), 2)
     if argv is None and not getattr(args, "verbose", False):
-        from btc.pipeline import TF_NOISE
+        from btc.pipeline import filter_stderr
 
-        _filter_stderr(TF_NOISE)
+        filter_stderr()
     if getattr(args, "output_dir", "unset") is None:
         from btc.config import RESULTS_DIR
 

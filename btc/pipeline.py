@@ -12,9 +12,9 @@ its time.
 
 from __future__ import annotations
 
-import ast
-import json
+import atexit
 import logging
+import os
 import re
 import sys
 import threading
@@ -99,6 +99,37 @@ def _heartbeat(name: str, streams: Sequence[LineFilter], every: float, done: thr
                 s.last_line = now
 
 
+def filter_stderr(drop: re.Pattern = TF_NOISE) -> None:
+    """Route file descriptor 2 through a thread that leaves out lines matching `drop`.
+
+    TensorFlow writes its start-up lines (CUDA, oneDNN, absl) from C++ straight to fd 2, before
+    `TF_CPP_MIN_LOG_LEVEL` takes effect, so only a filter on the descriptor keeps them out.
+    """
+    read_end, write_end = os.pipe()
+    original = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb", 0) as src, os.fdopen(os.dup(original), "wb", 0) as dst:
+            partial = b""
+            while chunk := src.read(65536):
+                *lines, partial = (partial + chunk).split(b"\n")
+                dst.write(b"".join(line + b"\n" for line in lines
+                                   if not drop.match(line.decode(errors="replace"))))  # fmt: skip
+            dst.write(partial)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last write end: the pump drains and stops
+        thread.join(timeout=2)
+
+    atexit.register(restore)
+
+
 def notebooks(folder: str | Path = NOTEBOOKS_DIR) -> list[Path]:
     """Return the pipeline notebooks (`NN_verb.ipynb`) of `folder` in order."""
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
@@ -135,38 +166,6 @@ def declared_parameters(notebook: str | Path) -> dict[str, Any]:
     import papermill
 
     return papermill.inspect_notebook(str(notebook))
-
-
-def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a notebook's `parameters` cell without running it: name, type, default and help.
-
-    The cell holds annotated literals, one per line (`seed: int = 42  # seed of the split`), so
-    commands can offer exactly the notebook's parameters with its defaults (`btc train --seed`).
-
-    Args:
-        notebook: Notebook path.
-
-    Returns:
-        `{name: {"type": "int", "default": 42, "help": "seed of the split"}}` in cell order.
-
-    Raises:
-        ValueError: If the notebook has no cell tagged `parameters`.
-    """
-    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
-    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if not tagged:
-        raise ValueError(f"{Path(notebook).name} has no cell tagged `parameters`")
-    source = "".join(tagged[0]["source"])
-    lines = source.splitlines()
-    params = {}
-    for stmt in ast.parse(source).body:
-        if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
-            continue
-        comment = lines[stmt.end_lineno - 1].partition("#")[2].strip()
-        params[stmt.target.id] = {"type": ast.unparse(stmt.annotation),
-                                  "default": ast.literal_eval(stmt.value),
-                                  "help": comment}  # fmt: skip
-    return params
 
 
 def plan(

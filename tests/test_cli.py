@@ -8,37 +8,8 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
 
 from btc import cli, config, pipeline
-
-
-@pytest.mark.parametrize("stage", sorted(cli.STAGE_NOTEBOOKS))
-def test_stage_commands_offer_exactly_their_notebooks_parameters(stage, capsys):
-    notebook = config.NOTEBOOKS_DIR / cli.STAGE_NOTEBOOKS[stage]
-    declared = pipeline.notebook_parameters(notebook)
-    assert set(declared) == set(pipeline.declared_parameters(notebook))  # as papermill reads them
-    assert cli.stage_parameters(stage) == {k: v["default"] for k, v in declared.items()}
-    with pytest.raises(SystemExit) as done:
-        cli.main([stage, "--help"])
-    assert done.value.code == 0
-    shown = capsys.readouterr().out
-    for name in declared:
-        assert f"--{name.replace('_', '-')} " in shown, name
-
-
-def test_parameters_come_from_notebook_then_preset_then_command_line():
-    params = cli.stage_parameters(
-        "train", "smoke", {"seed": "7", "models": "cnn", "external": "no"}
-    )
-    assert params["image_size"] == 64 and params["batch_size"] == 16  # smoke preset
-    assert params["recipe"] == "one_phase" and params["patience"] == 3  # notebook defaults
-    assert (params["seed"], params["models"], params["external"]) == (7, ["cnn"], False)
-    assert cli.stage_parameters("evaluate", overrides={"models": "[cnn, mobilenet]"})["models"] == [
-        "cnn",
-        "mobilenet",
-    ]
-    assert "models" not in cli.stage_parameters("preprocess", "smoke")  # 02's key, not 01's
 
 
 def test_bad_parameters_are_rejected_keras_style(tmp_path, capsys):

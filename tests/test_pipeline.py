@@ -94,14 +94,6 @@ def test_line_filter_reassembles_chunks_and_drops_tensorflow_noise():
     assert everything.getvalue() == text + "\n"
 
 
-def test_notebook_parameters_read_the_cell_with_types_defaults_and_help():
-    params = pipeline.notebook_parameters(config.NOTEBOOKS_DIR / "02_train.ipynb")
-    assert params["image_size"] == {"type": "int", "default": 128, "help": "299 for the GPU preset"}
-    assert params["models"]["type"] == "list" and params["external"]["default"] is True
-    for nb in NOTEBOOKS:
-        assert list(pipeline.notebook_parameters(nb)) == list(pipeline.declared_parameters(nb))
-
-
 def test_run_notebook_streams_what_it_prints_without_tensorflow_noise(tmp_path, capsys):
     nb = nbformat.v4.new_notebook()
     code = [
