@@ -6,6 +6,8 @@ so the README generator and the notebooks share one wording.
 
 from __future__ import annotations
 
+from btc.ood import METHODS as OOD_METHODS
+
 
 def summary_row(name: str, result: dict) -> dict:
     m, ci = result["metrics"], result["ci"]
@@ -152,3 +154,68 @@ def plain_summary(report: dict) -> str:
             f"{_fmt(row['ece_after'])} points on average (ECE; {_fmt(row['ece_before'])} before)."
         )
     return "\n".join(lines)
+
+
+# --- out-of-distribution rejection and selective prediction (btc.oodeval) ------------------------
+
+
+def _pct(value, ci=None) -> str:
+    if value is None:
+        return "–"
+    shown = ci and None not in ci
+    return f"{100 * value:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if shown else "")
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    return [_row(head), "|---" * len(head) + "|", *map(_row, rows)]
+
+
+def ood_markdown(report: dict) -> str:
+    """Markdown tables of `fit_and_report`: methods tried, rejection per kind, selective prediction."""
+    models = report["models"]
+    rows = []
+    for name, e in models.items():
+        if e.get("selection_auroc"):
+            shown = {m: f"{e['selection_auroc'][m]:.3f}" + (f" / {e['report_auroc'][m]:.3f}"
+                     if e.get("report_auroc") else "") for m in OOD_METHODS}  # fmt: skip
+            rows.append([name, *(f"**{v}**" if m == e["method"] else v for m, v in shown.items())])
+    lines = [f"Methods tried: AUROC on the select / report part (chosen in bold). Select part: "
+             f"{report['parts']['select']}. Report part: {report['parts']['report']}.", "",
+             *_table(["model", *OOD_METHODS], rows)]  # fmt: skip
+    kinds = sorted({k for e in models.values() for k, p in e["rejected_by_kind"].items() if "report" in p})  # fmt: skip
+    rows = []
+    for name, e in models.items():
+        r, test = e.get("report") or {}, e["test_rejected"]
+        ext = e.get("external_rejected") or {}
+        ext_cells = [
+            _pct(ext[k]["rate"], ext[k]["ci"]) if k in ext else "–" for k in ("test", "all")
+        ]
+        parts = [e["rejected_by_kind"].get(k, {}).get("report") for k in kinds]
+        rows.append([name, _pct(r.get("auroc"), r.get("auroc_ci")),
+                     _pct(r.get("fpr_at_95_tpr"), r.get("fpr_at_95_tpr_ci")),
+                     _pct(test["rate"], test["ci"]), *ext_cells,
+                     *(f"{p['count']}/{p['n']}" if p else "–" for p in parts)])  # fmt: skip
+    lines += ["", "OOD rejection on the report part, % [95 % CI]; per kind: rejected / images "
+              "(brain* kinds must be accepted):", "",
+              *_table(["model", "AUROC", "FPR at 95 % TPR", "test rejected", "Br35H test groups rejected",
+                       "Br35H all rejected", *kinds], rows)]  # fmt: skip
+    rows = []
+    for name, e in models.items():
+        s, v, n = e["selective"], e["val_selective"], e["status_counts"]
+        rows.append([name, f"{e['confidence_threshold']:.3f}" if e["target_met"] else "not met",
+                     f"{_pct(v['risk'])} ({_pct(v['risk_upper'])})", _pct(s["coverage"], s["coverage_ci"]),
+                     _pct(s["accuracy_at_coverage"], s["accuracy_at_coverage_ci"]),
+                     f"{s['aurc']:.4f} [{s['aurc_ci'][0]:.4f}, {s['aurc_ci'][1]:.4f}]",
+                     _pct(s["coverage_at_99_accuracy"], s["coverage_at_99_accuracy_ci"]),
+                     f"{n['predicted']} / {n['uncertain']} / {n['out_of_distribution']}"])  # fmt: skip
+    head = ["model", "confidence threshold", "val error (95 % upper)", "coverage",
+            "accuracy at coverage", "AURC", "coverage at 99 % accuracy", "predicted / uncertain / OOD"]  # fmt: skip
+    lines += ["", f"Selective prediction on the test split (confidence threshold fitted on validation "
+              f"for ≤ {_pct(report['target_error'])} % errors), % [95 % CI]:", "", *_table(head, rows)]  # fmt: skip
+    if report.get("note"):
+        lines += ["", f"_{report['note']}_"]
+    return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from btc import artifacts, datasets, external, models, plots
+from btc import artifacts, datasets, distribute, external, models, plots
 from btc.config import (
     CLASS_NAMES,
     MANIFEST_PATH,
@@ -36,7 +36,6 @@ from btc.config import (
     check_range,
 )
 
-STRATEGIES = ("default", "mirrored", "multiworker")
 RECIPES = ("one_phase", "two_phase")
 
 
@@ -111,7 +110,7 @@ class TrainConfig(StageConfig):
         check_range("dropout", self.dropout, 0, 1, high_inclusive=False)
         check_range("seed", self.seed, 0, types=int)
         check_choice("alpha", self.alpha, (1.0, 0.75, 0.5, 0.25))
-        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("strategy", self.strategy, distribute.STRATEGIES)
         check_choice("recipe", self.recipe, RECIPES)
         check_range("external_repeat", self.external_repeat, 1, 20, types=int)
         if str(self.weights).lower() in ("", "none"):
@@ -123,81 +122,6 @@ class TrainConfig(StageConfig):
     def weights_arg(self) -> str | None:
         """`weights` as `build_model` takes it (`None` for random initialisation)."""
         return None if self.weights == "none" else self.weights
-
-
-def get_strategy(name: str = "default"):
-    """Return a `tf.distribute` strategy by name.
-
-    `"mirrored"` replicates over every local GPU (or every logical CPU device when there is no
-    GPU); `"multiworker"` reads the cluster from `TF_CONFIG` (one process per machine).
-    """
-    import tensorflow as tf
-
-    check_choice("strategy", name, STRATEGIES)
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    if name == "multiworker":
-        return _multi_worker_strategy()
-    return tf.distribute.get_strategy()
-
-
-def _multi_worker_strategy():
-    """A `MultiWorkerMirroredStrategy` whose `reduce` accepts what Keras 3's `fit` passes it.
-
-    Keras 3 reduces a nested `(x, y)` batch, and scalar metrics along `axis=0`; the stock strategy
-    rejects both (keras-team/keras#20585). Each leaf is reduced on its own; a scalar has no axis 0,
-    so it is reduced across replicas only, which is what the mean over `axis=0` means for it.
-    """
-    import tensorflow as tf
-
-    class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
-        def reduce(self, reduce_op, value, axis=None):
-            def one(v):
-                scalar = self.experimental_local_results(v)[0].shape.rank == 0
-                return super(Strategy, self).reduce(reduce_op, v, None if scalar else axis)
-
-            return tf.nest.map_structure(one, value)
-
-    return Strategy()
-
-
-def _average_over_replicas(model: keras.Model, strategy) -> None:
-    """Give every replica the mean of the replicas' non-trainable float weights (BN statistics).
-
-    Gradients are all-reduced, so trainable weights are identical everywhere; but Keras 3 updates
-    BatchNormalization moving statistics from each replica's own batches, so each worker (and each
-    GPU) would otherwise end with its own, and the chief would save the statistics of its shard.
-    """
-    import tensorflow as tf
-
-    stats = [w for w in model.non_trainable_weights if "float" in str(w.dtype)]
-    if strategy.num_replicas_in_sync == 1 or not stats:
-        return
-
-    @tf.function
-    def average():
-        ctx = tf.distribute.get_replica_context()
-        local = [tf.identity(w.value) for w in stats]  # this replica's own copy
-        means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
-        for w, mean in zip(stats, means):
-            w.assign(mean)
-
-    strategy.run(average)
-
-
-def _shard_by_element(ds):
-    """Under a multi-worker strategy each worker keeps every n-th batch of the same seeded order.
-
-    DATA, not FILE, auto-sharding: the images are read by `map` from a list of paths, so there is
-    no file reader to shard by. The batch size stays global: each batch is split across replicas.
-    """
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
 
 
 def set_trainable(model: keras.Model, phase: str, finetune_fraction: float = 0.3) -> int:
@@ -289,7 +213,9 @@ def train(
     )
     if datasets.crossing_groups(frame, ["train", "val"]):  # test leakage is evaluation's gate
         raise ValueError("The manifest's train and val splits share duplicate groups; re-run 01")
-    strategy = get_strategy(config.strategy)  # before other TF calls (multi-worker needs that)
+    strategy = distribute.get_strategy(
+        config.strategy
+    )  # before other TF calls (multi-worker needs that)
     scratch = None
     if not strategy.extended.should_checkpoint:  # a non-chief worker: Keras/TF convention, it
         # writes the same files to `workertemp_<task>` (kept for resuming, removed at the end)
@@ -311,7 +237,7 @@ def train(
     val_ds = datasets.make_dataset(
         frame, "val", config.image_size, config.batch_size, seed=config.seed
     )
-    train_ds, val_ds = _shard_by_element(train_ds), _shard_by_element(val_ds)
+    train_ds, val_ds = distribute.shard_by_element(train_ds), distribute.shard_by_element(val_ds)
     steps_per_epoch = math.ceil((train_frame.split == "train").sum() / config.batch_size)
     with strategy.scope():
         model = models.build_model(
@@ -360,7 +286,7 @@ def train(
             callbacks=cbs, verbose=verbose,
             class_weight=_class_weights(frame) if config.class_weights else None,
         )  # fmt: skip
-        _average_over_replicas(model, strategy)
+        distribute.average_over_replicas(model, strategy)
         model.save_weights(marker)
         epoch0 += epochs
     seconds = time.perf_counter() - start

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import llm, ood, oodeval, oodmetrics, oodsets, predict, widgets
+from btc import llm, ood, oodeval, oodmetrics, oodsets, predict, reports, widgets
 from tests import images, test_llm
 from tests.conftest import SHARED_DIR, SHARED_EXTERNAL
 
@@ -211,7 +211,7 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(fitted):
     entry = saved["models"]["ensemble"]
     for key in ("aurc", "coverage", "coverage_at_99_accuracy"):
         assert key in entry["selective"] and len(entry["selective"][f"{key}_ci"]) == 2
-    assert "| cnn |" in oodeval.report_markdown(saved)
+    assert "| cnn |" in reports.ood_markdown(saved)
 
 
 def test_ood_threshold_accepts_accept_rate_of_each_validation_source(fitted, loaded):
