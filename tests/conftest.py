@@ -134,3 +134,16 @@ def tiny_models_copy(tiny_models, tmp_path):
     """A private copy of `tiny_models` for tests that write into the models folder."""
     models_dir, manifest = tiny_models
     return shutil.copytree(models_dir, tmp_path / "models"), manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_models):
+    """The tiny models loaded for prediction: (models, models_dir, manifest, three test files)."""
+    import pandas as pd
+
+    from btc import predict
+
+    models_dir, manifest = tiny_models
+    frame = pd.read_csv(manifest, keep_default_na=False)
+    test_files = frame[frame.split == "test"]["path"].tolist()[:3]
+    return predict.load_models(models_dir=models_dir), models_dir, manifest, test_files

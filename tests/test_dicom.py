@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
@@ -401,11 +400,9 @@ def test_frame_info_carries_no_patient_data(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_models):
-    models_dir, manifest = tiny_models
-    frame = pd.read_csv(manifest, keep_default_na=False)
-    test_files = frame[frame.split == "test"]["path"].tolist()[:3]
-    return predict.load_models(models_dir=models_dir), models_dir, test_files
+def loaded(tiny_loaded):
+    models, models_dir, _, test_files = tiny_loaded
+    return models, models_dir, test_files
 
 
 def _real_gray(path) -> np.ndarray:

@@ -158,7 +158,7 @@ def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models_copy
     best = max(["cnn", "mobilenet"], key=acc.get)
     expected = "ensemble" if acc["ensemble"] > acc[best] else best
     assert chosen["default_model"] == expected == report["models"]["ensemble"]["default_model"]
-    assert "accuracy" in reports.plain_summary(report) or "correct on" in evaluate.plain_summary(
+    assert "accuracy" in reports.plain_summary(report) or "correct on" in reports.plain_summary(
         report
     )
 

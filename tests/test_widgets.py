@@ -101,13 +101,9 @@ def test_upload_and_sample_handlers_without_models(manifest):
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_models):
-    from btc import predict
-
-    models_dir, manifest = tiny_models
-    frame = pd.read_csv(manifest, keep_default_na=False)
-    test_files = frame[frame.split == "test"]["path"].tolist()[:3]
-    return predict.load_models(models_dir=models_dir), manifest, test_files
+def loaded(tiny_loaded):
+    models, _, manifest, test_files = tiny_loaded
+    return models, manifest, test_files
 
 
 def test_widget_upload_predict_and_chat(loaded):

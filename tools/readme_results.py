@@ -1,6 +1,6 @@
 """Regenerate the README "Results" section from results/*.json (numbers are never typed by hand).
 
-Usage: `python tools/readme_results.py` after `make pipeline` (and `make bench` for the
+Usage: `python tools/readme_results.py [PRESET]` after `make pipeline PRESET=...` (and `make bench` for the
 benchmark table). Replaces the text between the results markers in README.md.
 """
 
@@ -30,7 +30,7 @@ def _load(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def section() -> str:
+def section(preset: str = "quick") -> str:
     metrics = _load(config.RESULTS_DIR / "metrics.json")
     if metrics is None:
         return "_No results yet: run `make pipeline`, then `python tools/readme_results.py`._"
@@ -42,7 +42,7 @@ def section() -> str:
     recipes = _load(config.RESULTS_DIR / "recipes.json")
     sizes = metrics["split_sizes"]
     lines = [
-        f"Quick preset (CPU, {training[0]['image_size'] if training else '?'} px) on "
+        f"`{preset}` preset (CPU, {training[0]['image_size'] if training else '?'} px) on "
         f"{platform.machine()} with {os.cpu_count()} CPU cores; leakage-free grouped split "
         f"(train {sizes.get('train')}, val {sizes.get('val')}, test {sizes.get('test')} images; "
         f"leakage check: {metrics['leakage']['test_images_leaked']} test images with a copy in "
@@ -152,17 +152,20 @@ def section() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(preset: str = "quick") -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text:
         raise SystemExit(f"README.md has no {START} marker")
     new = re.sub(
-        f"{re.escape(START)}.*{re.escape(END)}", f"{START}\n{section()}\n{END}", text, flags=re.S
+        f"{re.escape(START)}.*{re.escape(END)}",
+        f"{START}\n{section(preset)}\n{END}",
+        text,
+        flags=re.S,
     )
     config.write_text_atomic(readme, new)
     print("README results section regenerated")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "quick")  # the preset the results came from
