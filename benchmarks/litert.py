@@ -7,10 +7,14 @@ folder, as `btc export` would). Targets for int8 (issue 16): agreement ≥ 99 %,
 0.5 points of Keras, file ≥ 3× smaller.
 
 `python litert.py [MODELS_DIR [MANIFEST]]` runs it on other folders (e.g. tiny test models).
+Run on the project's models folder, the rows also go to `results/litert.json` and the table is
+printed as Markdown too (for the README). Latency is measured for Keras and LiteRT side by side
+in the same process, so the ratios are fair; on a busy machine the numbers are upper bounds.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +65,23 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
                          "agreement": float((p.argmax(1) == keras_top1).mean()),
                          "images": len(labels)})  # fmt: skip
     _print(rows)
+    print(markdown(rows))
+    if models_dir.resolve() == Path(config.MODELS_DIR).resolve():
+        config.write_json_atomic(
+            config.RESULTS_DIR / "litert.json", {"rows": rows, "load": os.getloadavg()}
+        )
     return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The benchmark rows as a Markdown table (size, latency, accuracy with CI, agreement)."""
+    lines = ["| model | variant | MB | ms/img (2 cores) | test accuracy % [95 % CI] | top-1 agreement % |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lo, hi = (100 * v for v in r["accuracy_ci"])
+        lines.append(f"| {r['model']} | {r['variant']} | {r['mb']:.2f} | {r['ms']:.1f} | "
+                     f"{100 * r['accuracy']:.1f} [{lo:.1f}, {hi:.1f}] | {100 * r['agreement']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _print(rows: list[dict]) -> None:

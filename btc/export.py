@@ -18,6 +18,8 @@ accelerators. Its input and output are int8 too: the [0, 1] image is quantised w
 and zero point -128 (lossless for 8-bit pixels) and the softmax comes out with scale 1/256 and
 zero point -128. `LiteRTModel` applies both from the file's own quantisation parameters, so
 callers always pass [0, 1] float32 images and get float32 probabilities, whatever the variant.
+The runtime (`LiteRTModel`, `interpreter_class`) lives in `btc.litert`; `load_litert` here pairs
+it with the checked sidecar.
 
 Files have a static batch of 1 (what edge delegates expect); `LiteRTModel` loops over a batch.
 Running them needs LiteRT (`pip install 'btc[litert]'`), never TensorFlow's deprecated
@@ -31,7 +33,6 @@ import collections
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -49,12 +50,12 @@ from btc.config import (
     check_range,
     write_json_atomic,
 )
+from btc.litert import INSTALL_HINT, LiteRTModel, interpreter_class  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("tflite",)
 QUANTIZE = ("none", "float16", "int8")
-INSTALL_HINT = "pip install 'btc[litert]'"
 
 
 class ConversionError(RuntimeError):
@@ -273,90 +274,6 @@ def export_tflite(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
     return path
-
-
-# --- runtime -------------------------------------------------------------------------------------
-
-
-def interpreter_class():
-    """Return LiteRT's `Interpreter` class.
-
-    Raises:
-        ImportError: If `ai-edge-litert` is not installed (the message says how to install it).
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as exc:
-        raise ImportError(
-            f"Running .tflite models needs LiteRT (the `ai-edge-litert` package): {INSTALL_HINT}"
-        ) from exc
-    return Interpreter
-
-
-class LiteRTModel:
-    """A `.tflite` file run by LiteRT, with the `predict_on_batch` interface of a Keras model.
-
-    Args:
-        path: The `.tflite` file.
-        num_threads: CPU threads of the interpreter; `None` uses every core.
-
-    Raises:
-        ImportError: If LiteRT is not installed.
-    """
-
-    def __init__(self, path: str | Path, num_threads: int | None = None):
-        self.path = Path(path)
-        self.interpreter = interpreter_class()(
-            model_path=str(self.path), num_threads=num_threads or os.cpu_count() or 1
-        )
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-
-    @staticmethod
-    def _quantise(x: np.ndarray, details: dict) -> np.ndarray:
-        scale, zero_point = details["quantization"]
-        if not scale:
-            return x.astype(details["dtype"])
-        dtype = details["dtype"]
-        q = np.round(x / scale + zero_point)
-        return np.clip(q, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
-
-    @staticmethod
-    def _dequantise(q: np.ndarray, details: dict) -> np.ndarray:
-        scale, zero_point = details["quantization"]
-        if not scale:
-            return q.astype(np.float32)
-        return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-    def predict_on_batch(self, images) -> np.ndarray:
-        """Run a batch of [0, 1] images one at a time.
-
-        Args:
-            images: `float32 (n, size, size, 3)` images in [0, 1] (or one `(size, size, 3)`).
-
-        Returns:
-            `float32 (n, classes)` softmax probabilities (dequantised for int8 files).
-
-        Raises:
-            ValueError: If the images do not have the file's input shape.
-        """
-        x = np.asarray(images, dtype=np.float32)
-        x = x[None] if x.ndim == 3 else x
-        expected = tuple(int(d) for d in self.input["shape"][1:])
-        if x.ndim != 4 or x.shape[1:] != expected:
-            raise ValueError(f"`images` must have shape (n, {', '.join(map(str, expected))}). "
-                             f"Received: images.shape={x.shape}")  # fmt: skip
-        out = np.zeros((len(x), int(self.output["shape"][-1])), np.float32)
-        for i, image in enumerate(x):
-            self.interpreter.set_tensor(
-                self.input["index"], self._quantise(image[None], self.input)
-            )
-            self.interpreter.invoke()
-            out[i] = self._dequantise(
-                self.interpreter.get_tensor(self.output["index"]), self.output
-            )[0]
-        return out
 
 
 def exported_model_names(quantize: str = "none", models_dir: str | Path = MODELS_DIR) -> list[str]:

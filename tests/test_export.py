@@ -1,4 +1,4 @@
-"""Tests of btc.export: LiteRT export in three variants, parity with Keras, the runtime, the CLI."""
+"""Tests of btc.export and btc.litert: export in three variants, parity with Keras, runtime, CLI."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from btc import cli, datasets, export, predict
+from btc.litert import LiteRTModel
 
 TEMPERATURE = 0.5  # not 1 (a runtime that skipped it is caught); sharpens the tiny models' outputs
 
@@ -172,7 +173,7 @@ def test_missing_runtime_says_how_to_install(exported, scans, monkeypatch, capsy
     with pytest.raises(ImportError, match=r"pip install 'btc\[litert\]'"):
         predict.load_models(["cnn"], exported[0], runtime="litert")
     with pytest.raises(ImportError, match=r"pip install 'btc\[litert\]'"):
-        export.LiteRTModel(export.tflite_path("cnn", "none", exported[0]))
+        LiteRTModel(export.tflite_path("cnn", "none", exported[0]))
     assert cli.main(["predict", scans[0], "--model", "cnn", "--runtime", "litert"]) == 2
     assert "pip install 'btc[litert]'" in capsys.readouterr().err
 
