@@ -64,11 +64,12 @@ def test_prediction_matches_the_training_pipeline_and_temperature(loaded, test_f
         predict.predict([test_files[0]], "cnn", models)[0]["image"], x.numpy()[0]
     )
     raw = m.model.predict(x, verbose=0)[0]
-    m.metadata["temperature"] = 2.0
+    original = m.metadata  # a frozen artifacts.Metadata: swap in a copy, restore it after
+    m.metadata = original.replace(temperature=2.0)
     try:
         p = predict.predict([test_files[0]], "cnn", models)[0]["probabilities"]
     finally:
-        m.metadata["temperature"] = 1.0
+        m.metadata = original
     expected = np.exp(np.log(raw) / 2.0) / np.exp(np.log(raw) / 2.0).sum()
     np.testing.assert_allclose(list(p.values()), expected, atol=1e-5)
 
