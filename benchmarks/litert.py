@@ -20,7 +20,7 @@ from pathlib import Path
 
 from latency import median_ms
 
-from btc import artifacts, config, datasets, evaluate, export
+from btc import artifacts, config, datasets, evaluate, export, litert
 
 
 def _variant(name: str, quantize: str, models_dir: Path, manifest: Path):
@@ -39,7 +39,7 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
         print(f"skipped: needs trained models in {models_dir} and {manifest} (make pipeline)")
         return []
     try:
-        export.interpreter_class()
+        litert.interpreter_class()
     except ImportError as exc:
         print(f"skipped: {exc}")
         return []

@@ -50,7 +50,7 @@ from btc.config import (
     check_range,
     write_json_atomic,
 )
-from btc.litert import INSTALL_HINT, LiteRTModel, interpreter_class  # noqa: F401 (re-exported)
+from btc.litert import LiteRTModel, interpreter_class
 
 log = logging.getLogger(__name__)
 

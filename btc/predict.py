@@ -34,7 +34,7 @@ SALIENCY_NEEDS_KERAS = "saliency maps need the .keras model: predict with runtim
 class LoadedModel:
     """A trained model with its metadata (class order, input size, temperature).
 
-    `runtime="litert"` models are exported `.tflite` files (`btc.export.LiteRTModel`) whose
+    `runtime="litert"` models are exported `.tflite` files (`btc.litert.LiteRTModel`) whose
     metadata is the export's sidecar; they predict like Keras models but have no saliency.
     """
 
@@ -84,10 +84,10 @@ def load_models(
 
     config.check_choice("runtime", runtime, RUNTIMES)
     if runtime == "litert":
-        from btc import export
+        from btc import export, litert
 
         config.check_choice("quantize", quantize, export.QUANTIZE)
-        export.interpreter_class()  # the install message before anything else
+        litert.interpreter_class()  # the install message before anything else
         names = list(names or export.exported_model_names(quantize, models_dir))
         if not names:
             raise FileNotFoundError(f"No model exported with quantize={quantize!r} in "
