@@ -14,7 +14,7 @@ the train split plus the external set's *train* groups (Br35H tumour scans, "tum
 unknown"), so a brain MRI from that source is not far from every cluster. Each score is scaled by
 its validation distribution (0 = median, 1 = the `accept_rate` quantile) and combined with a
 colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its pixels coloured
-is not a scan) by taking the maximum. The method is chosen per model by AUROC on the *selection*
+is not a scan) by taking the maximum; a coloured image is rejected whatever the threshold (`rejected`). The method is chosen per model by AUROC on the *selection*
 part (validation and held-out external-train brain scans against synthetic, bundled and half of
 the OOD folder's images); numbers are reported on the rest. The threshold accepts `accept_rate`
 of each in-distribution source: the validation split and the external train groups scored by a
@@ -202,6 +202,23 @@ def combine(feature_score: np.ndarray, colour: np.ndarray) -> np.ndarray:
     return np.maximum(feature_score, np.asarray(colour) / COLOUR_FRACTION)
 
 
+def rejected(score, colour, threshold: float):
+    """Whether inputs are out of distribution: above the OOD threshold, or in colour.
+
+    The colour check is a hard gate: MRI is grayscale, so a coloured image is refused even when a
+    threshold fitted on atypical validation sources (scaled scores far above 1) would accept it.
+
+    Args:
+        score: Combined OOD score(s) (`combine`).
+        colour: `colour_fraction` of the input(s).
+        threshold: The fitted OOD threshold.
+
+    Returns:
+        A bool (or bool array, for array inputs).
+    """
+    return (np.asarray(score) > threshold) | (np.asarray(colour) > COLOUR_FRACTION)
+
+
 def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target_error: float = 0.02,
                              min_answered: int | None = None) -> dict:  # fmt: skip
     """The lowest confidence threshold whose answered validation scans err at most `target_error`.
@@ -329,6 +346,8 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
     score = None if feature is None else float(combine(feature, colour))
     status = status_of(score, info["ood_threshold"], confidence, info["confidence_threshold"],
                        info["target_met"])  # fmt: skip
+    if score is not None and rejected(score, colour, info["ood_threshold"]):
+        status = "out_of_distribution"
     if not info["target_met"] and status == "uncertain":
         note = note or "no confidence threshold met the target error on validation"
     thresholds = {"ood": None if feature is None else info["ood_threshold"],
@@ -337,7 +356,7 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
                   "fitted_on": info.get("fitted_on", {}).get("thresholds", "val")}  # fmt: skip
     reason = None
     if status == "out_of_distribution":
-        reason = "colour image" if colour / COLOUR_FRACTION > info["ood_threshold"] else (
+        reason = "colour image" if colour > COLOUR_FRACTION else (
             "unlike the training scans")  # fmt: skip
     return {"status": status, "ood_score": None if score is None else round(score, 4),
             "thresholds": thresholds, "ood_reason": reason, "status_note": note}  # fmt: skip

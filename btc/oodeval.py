@@ -199,15 +199,15 @@ def _separation(inside: np.ndarray, outside: np.ndarray, n_resamples: int, seed:
     return _with_ci(numbers(inside, outside), ci)
 
 
-def _external_rejected(score: dict, t: float) -> dict | None:
+def _external_rejected(out_of: dict) -> dict | None:
     """Br35H tumour scans rejected: held-out test groups, all groups (train groups scored by the
     stored fit, which saw them) and the train groups scored by a fit without their fold."""
-    if "ext_test" not in score:
+    if "ext_test" not in out_of:
         return None
-    out = {"test": _rate(score["ext_test"] > t)}
-    if "ext_train" in score:
-        out["all"] = _rate(np.r_[score["ext_test"], score["ext_train"]] > t)
-        out["train_held_out"] = _rate(score["ext_train_held_out"] > t)
+    out = {"test": _rate(out_of["ext_test"])}
+    if "ext_train" in out_of:
+        out["all"] = _rate(np.r_[out_of["ext_test"], out_of["ext_train"]])
+        out["train_held_out"] = _rate(out_of["ext_train_held_out"])
     return out
 
 
@@ -215,7 +215,8 @@ def _report(info: dict, member: dict, colours: dict, images: list[dict], n_boots
     """Test split, external test groups and OOD images of one model (or the ensemble)."""
     score = {s: ood.combine(v, colours[s]) for s, v in member["scaled"].items()}
     t, cal, y = info["ood_threshold"], member["calibrated"]["test"], member["labels"]["test"]
-    rejected = score["test"] > t
+    out_of = {s: ood.rejected(v, colours[s], t) for s, v in score.items()}
+    rejected = out_of["test"]
     limit = info["confidence_threshold"] if info["target_met"] else np.inf
     answered = ~rejected & (cal.max(1) >= limit)
     correct = cal.argmax(1) == y
@@ -228,17 +229,17 @@ def _report(info: dict, member: dict, colours: dict, images: list[dict], n_boots
         "status_counts": {"predicted": int(answered.sum()), "out_of_distribution": int(rejected.sum()),
                           "uncertain": int((~rejected & ~answered).sum())},
         "selective": _with_ci(oodmetrics.selective_metrics(ranking, correct, answered), selective),
-        "external_accepted": _rate(score["ext_test"] <= t) if "ext_test" in score else None,
-        "external_rejected": _external_rejected(score, t),
+        "external_accepted": _rate(~out_of["ext_test"]) if "ext_test" in score else None,
+        "external_rejected": _external_rejected(out_of),
         "rejected_by_kind": {}, "curve": oodmetrics.risk_coverage(ranking, correct),
     }  # fmt: skip
     for kind in sorted({i["kind"] for i in images}):
         for part in ("report", "select"):
             mask = np.array([i["kind"] == kind and i["part"] == part for i in images])
             if mask.any():
-                out["rejected_by_kind"].setdefault(kind, {})[part] = _rate(score["images"][mask] > t)  # fmt: skip
+                out["rejected_by_kind"].setdefault(kind, {})[part] = _rate(out_of["images"][mask])  # fmt: skip
         mask = np.array([i["kind"] == kind for i in images])
-        out["rejected_by_kind"][kind]["all"] = _rate(score["images"][mask] > t)
+        out["rejected_by_kind"][kind]["all"] = _rate(out_of["images"][mask])
     reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
     if reported.any():
         out["report"] = _separation(score["test"], score["images"][reported], n_bootstrap, seed)
