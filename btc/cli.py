@@ -196,14 +196,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from btc.config import CLASS_NAMES
 
         fields = ["file", "ok", "error", "model", "class", "confidence", "runner_up"]
-        status = [
-            "status",
-            "ood_score",
-            "ood_threshold",
-            "ood_reason",
-            "confidence_threshold",
-            "status_note",
-        ]
+        status = ["status", "ood_score", "ood_threshold", "ood_reason", "confidence_threshold",
+                  "status_note"]  # fmt: skip
         series = ["input", "series", "kind", "tumour_probability", "key_slice", "agreeing_slices"]
         writer = csv.DictWriter(sys.stdout, fields + [f"p_{c}" for c in CLASS_NAMES] + status + series,
                                 extrasaction="ignore")  # fmt: skip

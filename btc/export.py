@@ -11,7 +11,9 @@ fold batch normalisation into the convolutions. Three variants, each next to a J
 | `float16`  | `model.float16.tflite` | float16 | float32     | float32 / float32 |
 | `int8`     | `model.int8.tflite`    | int8    | int8        | int8 / int8       |
 
-`int8` is full-integer post-training quantisation: activation ranges are calibrated on
+`int8` is full-integer post-training quantisation, after two exact-or-corrective changes to a
+copy of the weights (`btc.quantization`: the gray input folded into the first convolution, and
+the mean shift of int8 weight rounding cancelled): activation ranges are calibrated on
 train-split images that went through btc's own preprocessing (`btc.datasets.make_dataset`, no
 augmentation), and only int8 builtin ops are allowed, so the file also runs on integer-only
 accelerators. Its input and output are int8 too: the [0, 1] image is quantised with scale ~1/255
@@ -41,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btc import artifacts, datasets
+from btc import artifacts, datasets, quantization
 from btc.config import (
     MANIFEST_PATH,
     MODELS_DIR,
@@ -150,121 +152,6 @@ def _converter(saved_model: Path, quantize: str, representative: Callable | None
     return converter
 
 
-def fold_gray_input(model, probe: np.ndarray, atol: float = 1e-4) -> str | None:
-    """Sum the first convolution's kernel over its three input channels, in place.
-
-    btc's input is a grayscale scan replicated to three channels, so a kernel `W` and the kernel
-    with `sum_c W[..., c, :]` on channel 0 (zeros on 1 and 2) give the same output. ImageNet
-    kernels are mostly colour-opponent filters that cancel on gray input; quantised per output
-    channel they keep their large weights and their rounding errors no longer cancel (MobileNet's
-    `conv1` is followed by a batch-norm gain near 19). The summed kernel is quantised for what it
-    does on gray input. The change is kept only if the model's outputs on `probe` stay within
-    `atol` (e.g. not with per-channel normalisation such as ImageNet mean/std).
-
-    Args:
-        model: A loaded Keras model (changed in place).
-        probe: `(n, size, size, 3)` gray-replicated images in [0, 1].
-        atol: Largest allowed change of any output probability.
-
-    Returns:
-        The name of the folded layer, or `None` when nothing was changed.
-    """
-    import keras
-
-    conv = next((layer for layer in model.layers if type(layer) is keras.layers.Conv2D), None)
-    if conv is None or conv.kernel.shape[2] != 3:
-        return None
-    before = np.asarray(model.predict_on_batch(probe))
-    weights = conv.get_weights()
-    summed = np.zeros_like(weights[0])
-    summed[:, :, :1] = weights[0].sum(2, keepdims=True)
-    conv.set_weights([summed, *weights[1:]])
-    if np.abs(np.asarray(model.predict_on_batch(probe)) - before).max() > atol:
-        conv.set_weights(weights)
-        return None
-    return conv.name
-
-
-def _int8_error(kernel: np.ndarray) -> np.ndarray:
-    """Rounding error of symmetric per-output-channel int8 weights (TFLite's scheme)."""
-    axes = tuple(range(kernel.ndim - 1))
-    scale = np.abs(kernel).max(axes, keepdims=True) / 127.0
-    scale[scale == 0] = 1.0
-    return np.round(kernel / scale) * scale - kernel
-
-
-def correct_weight_bias(model, images: np.ndarray, batch_size: int = 16) -> list[str]:
-    """Cancel the mean output shift that int8 weight rounding adds to each layer, in place.
-
-    Bias correction (Nagel et al., 2019, "Data-free quantization"): with int8 weights `W + E`,
-    a layer's output moves on average by `E · mean(input)` per output channel. That shift is
-    subtracted from the bias the converter folds in: the following batch-norm's `beta` (the
-    converter quantises the kernel times the batch-norm gain, so the error is taken there), or the
-    layer's own bias. Means come from the float model on `images`. Float outputs change by about
-    that shift; int8 outputs lose it.
-
-    Args:
-        model: A loaded Keras model (changed in place).
-        images: `(n, size, size, 3)` calibration images in [0, 1] (the train split).
-        batch_size: Batch size of the pass that measures the mean inputs.
-
-    Returns:
-        The names of the corrected layers.
-    """
-    import keras
-
-    kinds = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-    targets = [layer for layer in model.layers if isinstance(layer, kinds)]
-    norm = {}  # producing layer -> the batch normalisation right after it
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            producer = layer.input._keras_history[0]
-            if isinstance(producer, kinds):
-                norm[producer.name] = layer
-    targets = [t for t in targets if t.name in norm or t.use_bias]
-    if not targets:
-        return []
-    probe = keras.Model(model.inputs, [t.input for t in targets])
-    sums = [0.0] * len(targets)
-    for start in range(0, len(images), batch_size):
-        outs = probe.predict_on_batch(images[start : start + batch_size])
-        outs = outs if isinstance(outs, list | tuple) else [outs]
-        for i, out in enumerate(outs):
-            out = np.asarray(out, np.float64)
-            sums[i] = sums[i] + out.reshape(-1, out.shape[-1]).sum(0)
-    done = []
-    for layer, total in zip(targets, sums):
-        weights = layer.get_weights()
-        kernel = weights[0].astype(np.float64)
-        mean = total / (total.size and (len(images) * (np.prod(layer.input.shape[1:-1]) or 1)))
-        bn = norm.get(layer.name)
-        gain = 1.0
-        if bn is not None:
-            params = dict(zip([w.path.split("/")[-1] for w in bn.weights], bn.get_weights()))
-            gain = params.get("gamma", 1.0) / np.sqrt(params["moving_variance"] + bn.epsilon)
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            folded = kernel * gain.reshape(1, 1, -1, 1) if bn is not None else kernel
-            shift = (_int8_error(folded.transpose(0, 1, 3, 2)).sum((0, 1))[0]) * mean
-        else:
-            folded = kernel * gain
-            error = _int8_error(folded)
-            shift = np.einsum("kio,i->o", error.reshape(-1, *error.shape[-2:]), mean)
-        if bn is not None:
-            bn_weights = bn.get_weights()
-            names = [w.path.split("/")[-1] for w in bn.weights]
-            if "beta" not in names:
-                continue
-            bn_weights[names.index("beta")] = (bn_weights[names.index("beta")] - shift).astype(
-                np.float32
-            )
-            bn.set_weights(bn_weights)
-        else:
-            weights[1] = (weights[1] - shift).astype(np.float32)
-            layer.set_weights(weights)
-        done.append(layer.name)
-    return done
-
-
 def inspect_tflite(content: bytes) -> dict:
     """Describe a `.tflite` flatbuffer: its input, output and ops.
 
@@ -359,9 +246,9 @@ def export_tflite(
         if not calibration["same_manifest_as_training"]:
             log.warning("int8 calibration of %r uses a manifest it was not trained on", name)
         probe = np.concatenate([x[0] for x, _ in zip(representative(), range(8))])
-        calibration["gray_input_folded"] = fold_gray_input(model, probe)
+        calibration["gray_input_folded"] = quantization.fold_gray_input(model, probe)
         images = np.concatenate([x[0] for x in representative()])
-        calibration["bias_corrected_layers"] = len(correct_weight_bias(model, images))
+        calibration["bias_corrected_layers"] = len(quantization.correct_weight_bias(model, images))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="btc-export-") as tmp:
         spec = keras.InputSpec(shape=(1, size, size, 3), dtype="float32")

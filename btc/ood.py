@@ -8,7 +8,9 @@ OOD score candidates, computed from the trained model: `mahalanobis_pool` / `mah
 `mahalanobis_dense` (the smallest Mahalanobis distance of the pooled last-conv features / the pooled
 outputs of the last three stages, concatenated / the penultimate dense features to the cluster
 means, with one shared Ledoit–Wolf covariance; Lee et al., 2018, without their input perturbation
-and OOD-tuned layer weights), `energy` (−logsumexp of the logits; Liu et al., 2020) and `msp`
+and OOD-tuned layer weights), `mahalanobis_generic` (the same on generic features: three pooled
+stages of a frozen ImageNet MobileNet α 0.25, log1p; features the fine-tuning did not narrow to
+the task, which tell modalities apart) and `mahalanobis_joint` (stages and generic concatenated), `energy` (−logsumexp of the logits; Liu et al., 2020) and `msp`
 (1 − maximum softmax probability; Hendrycks & Gimpel, 2017). The clusters are the four classes of
 the train split plus the external set's *train* groups (Br35H tumour scans, "tumour, type
 unknown"), so a brain MRI from that source is not far from every cluster. Each score is scaled by
@@ -18,8 +20,9 @@ is not a scan) by taking the maximum; a coloured image is rejected whatever the 
 part (validation and held-out external-train brain scans against synthetic, bundled and half of
 the OOD folder's images); numbers are reported on the rest. The threshold accepts `accept_rate`
 of each in-distribution source: the validation split and the external train groups scored by a
-fit without them (two folds of groups). The fitting and the report live in `btc.oodeval`
-(called by 03_evaluate); the numbers in `btc.oodmetrics`.
+fit without them (two folds of groups). The features and the Gaussian fit live in
+`btc.oodfeatures`; the fitting and the report in `btc.oodeval` (called by 03_evaluate); the numbers
+in `btc.oodmetrics`.
 """
 
 from __future__ import annotations
@@ -34,10 +37,8 @@ from PIL import Image
 
 from btc import config, datasets, oodmetrics
 from btc.config import MODELS_DIR
+from btc.oodfeatures import FEATURES, GENERIC_FILE
 
-METHODS = ("mahalanobis_pool", "mahalanobis_stages", "mahalanobis_dense", "energy", "msp")
-FEATURES = ("pool", "stages", "dense")  # the feature sets the Mahalanobis methods score
-N_STAGES = 3  # stage outputs pooled for `mahalanobis_stages` (the last three resolutions)
 STATUSES = ("predicted", "uncertain", "out_of_distribution")
 COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B exceeds 10 % of the range
 # an image is in colour when more than 10 % of its pixels are: Kaggle and Br35H scans stay below
@@ -71,105 +72,6 @@ def colour_fraction(raw: bytes) -> float:
     return float(np.mean(arr.max(-1) - arr.min(-1) > COLOUR_CHROMA * 255))
 
 
-def stage_layers(model, last: str, n: int = N_STAGES) -> list[str]:
-    """The last activation at each of the `n` smallest spatial resolutions, up to `last`.
-
-    Args:
-        model: A flat functional Keras model.
-        last: Name of the last convolutional feature layer (included).
-        n: Number of stages.
-
-    Returns:
-        Layer names, shallowest first (MobileNet at 128 px: `conv_pw_5_relu`,
-        `conv_pw_11_relu`, `conv_pw_13_relu`; the CNN: `block2_act` to `block4_act`).
-    """
-    import keras
-
-    by_size: dict[tuple, str] = {}  # spatial size -> its deepest activation (sizes only shrink)
-    for layer in model.layers:
-        shape = tuple(layer.output.shape) if hasattr(layer, "output") else ()
-        activation = isinstance(layer, keras.layers.Activation | keras.layers.ReLU)
-        if len(shape) == 4 and (activation or layer.name == last):
-            by_size[shape[1:3]] = layer.name
-        if layer.name == last:
-            break
-    return list(by_size.values())[-n:]
-
-
-def feature_model(model, metadata: dict):
-    """The features the OOD scores need, from a trained flat functional model.
-
-    Args:
-        model: A `btc.models` Keras model (softmax layer named `predictions`).
-        metadata: Its metadata (`gradcam_layer`: the last convolutional feature layer).
-
-    Returns:
-        A Keras model mapping images to `[pooled last-conv features (n, c), pooled stage
-        outputs concatenated (n, s) (see `stage_layers`), penultimate features (n, d), softmax
-        (n, classes)]`, sharing the trained weights.
-    """
-    import keras
-
-    pool = keras.layers.GlobalAveragePooling2D
-    last = metadata["gradcam_layer"]
-    pooled = pool(name="ood_pool")(model.get_layer(last).output)
-    stages = [pool(name=f"ood_stage{i}")(model.get_layer(name).output)
-              for i, name in enumerate(stage_layers(model, last))]  # fmt: skip
-    stages = stages[0] if len(stages) == 1 else keras.layers.Concatenate(name="ood_stages")(stages)
-    return keras.Model(
-        model.inputs, [pooled, stages, model.get_layer("predictions").input, model.outputs[0]]
-    )
-
-
-def forward(model, fmodel, images, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Run `feature_model` over images in one pass.
-
-    Args:
-        model: The trained model (its `predictions` weights give the logits).
-        fmodel: `feature_model(model, metadata)`.
-        images: `(n, size, size, 3)` float32 array in [0, 1], or a dataset of `(x, y)` batches.
-        batch_size: Batch size for an array.
-
-    Returns:
-        `pool`, `stages`, `dense`, `logits` and `probs` (uncalibrated softmax), each `(n, ...)`.
-    """
-    batches = ([images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-               if isinstance(images, np.ndarray) else (x for x, _ in images))  # fmt: skip
-    outs = [fmodel.predict_on_batch(b) for b in batches]
-    pool, stages, dense, probs = (np.concatenate([o[i] for o in outs]).astype(np.float32)
-                                  for i in range(4))  # fmt: skip
-    kernel, bias = model.get_layer("predictions").get_weights()
-    return {"pool": pool, "stages": stages, "dense": dense, "probs": probs,
-            "logits": dense @ kernel + bias}  # fmt: skip
-
-
-def fit_gaussian(features: np.ndarray, labels: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """Class means and one shared covariance (Ledoit–Wolf shrinkage), as Lee et al. (2018).
-
-    Args:
-        features: `(n, d)` train-split features.
-        labels: `(n,)` integer labels in `[0, k)`.
-        k: Number of classes (a class absent from `labels` is skipped).
-
-    Returns:
-        `whiten` `(d, d)` (the covariance's inverse square root, from its eigen-decomposition)
-        and `means_w` `(k, d)` (the whitened class means), so that the squared Mahalanobis
-        distance is `‖f·whiten − means_w‖²`.
-    """
-    from sklearn.covariance import LedoitWolf
-
-    present = [c for c in range(k) if np.any(labels == c)]
-    means = np.stack([features[labels == c].mean(0) for c in present])
-    centred = features - means[np.searchsorted(present, labels)]
-    cov = LedoitWolf().fit(centred.astype(np.float64)).covariance_
-    # eigh, not a Cholesky of the precision: real features have dead (ReLU) units, and the
-    # precision of a near-singular covariance is not numerically positive definite.
-    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
-    floor = max(float(values.max()) * 1e-6, 1e-12)
-    whiten = vectors / np.sqrt(np.clip(values, floor, None))  # d² = ‖(f − μ) V Λ^-½‖²
-    return {"means_w": (means @ whiten).astype(np.float32), "whiten": whiten.astype(np.float32)}
-
-
 def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
     """Every candidate method's raw score.
 
@@ -178,10 +80,11 @@ def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
         stats_arrays: `pool_*`, `stages_*` and `dense_*` arrays of `fit_gaussian` (`ood.npz`).
 
     Returns:
-        `{method: (n,)}` for every method in `METHODS`; higher = less like the training scans.
+        `{method: (n,)}` for every method in `oodfeatures.METHODS` whose features are in both `out` and
+        `stats_arrays`; higher = less like the training scans.
     """
     scores = {}
-    for part in FEATURES:
+    for part in (p for p in FEATURES if p in out and f"{p}_whiten" in stats_arrays):
         z = out[part] @ stats_arrays[f"{part}_whiten"]
         d2 = ((z[:, None, :] - stats_arrays[f"{part}_means_w"][None]) ** 2).sum(-1)
         scores[f"mahalanobis_{part}"] = d2.min(1)
@@ -290,7 +193,8 @@ def load_stats(name: str, models_dir: str | Path = MODELS_DIR, runtime: str = "k
         temperature: The model's current calibration temperature.
 
     Returns:
-        `{"available", "info" (ood.json), "arrays" (ood.npz), "note"}`. Not available (with a
+        `{"available", "info" (ood.json), "arrays" (ood.npz), "generic" (the stored
+        `generic_model`, or `None`), "note"}`. Not available (with a
         note) when nothing was fitted, when `model.keras` changed since (hashed on each load),
         or when the temperature changed (03 refits it: re-run the OOD section).
     """
@@ -309,7 +213,16 @@ def load_stats(name: str, models_dir: str | Path = MODELS_DIR, runtime: str = "k
                                              "changed): re-run the OOD section of 03_evaluate"}  # fmt: skip
     with np.load(folder / STATS_FILE) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    return {"available": True, "info": info, "arrays": arrays, "note": None}
+    generic = None
+    if info.get("generic_sha256"):
+        path = folder / GENERIC_FILE
+        if not path.is_file() or datasets.file_sha256(path) != info["generic_sha256"]:
+            return {"available": False, "note": f"The generic OOD extractor of {name} is missing "
+                                                 "or changed: re-run the OOD section of 03_evaluate"}  # fmt: skip
+        import keras
+
+        generic = keras.saving.load_model(path, compile=False)
+    return {"available": True, "info": info, "arrays": arrays, "generic": generic, "note": None}
 
 
 def feature_score(out: dict, stats_: dict) -> np.ndarray:

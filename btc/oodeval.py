@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from btc import artifacts, config, datasets, ood, oodmetrics, oodsets
+from btc import artifacts, config, datasets, ood, oodfeatures, oodmetrics, oodsets
 from btc.artifacts import trained_model_names
 from btc.calibration import apply_temperature, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
@@ -31,18 +31,19 @@ PARTS = (
 # --- fitting ------------------------------------------------------------------------------------
 
 
-def _outputs(model, meta: dict, frames: dict, arrays: np.ndarray, batch_size: int) -> dict:
-    """`ood.forward` outputs per set (`train`, `val`, `ext_test`, ..., `images`)."""
-    fmodel = ood.feature_model(model, meta)
+def _outputs(model, meta: dict, frames: dict, arrays: np.ndarray, batch_size: int,
+             generic=None) -> dict:  # fmt: skip
+    """`oodfeatures.forward` outputs per set (`train`, `val`, `ext_test`, ..., `images`)."""
+    fmodel = oodfeatures.feature_model(model, meta, generic)
     canonical = [meta["class_names"].index(c) for c in CLASS_NAMES]
     to_canonical = np.array(
         [CLASS_NAMES.index(c) for c in meta["class_names"]] + [len(CLASS_NAMES)]
     )
-    outs = {"images": ood.forward(model, fmodel, arrays, batch_size)}
+    outs = {"images": oodfeatures.forward(model, fmodel, arrays, batch_size)}
     for key, (frame, split) in frames.items():
         ds = datasets.make_dataset(frame, split, meta["image_size"], batch_size, augment=False,
                                shuffle=False, cache=False, class_names=meta["class_names"])  # fmt: skip
-        outs[key] = ood.forward(model, fmodel, ds)
+        outs[key] = oodfeatures.forward(model, fmodel, ds)
         outs[key]["labels"] = to_canonical[np.concatenate([y.numpy() for _, y in ds])]
         outs[key]["groups"] = frame.loc[frame.split == split, "group"].to_numpy()
     for out in outs.values():
@@ -79,18 +80,23 @@ def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, mi
             "target_error": target_error, "val_selective": fit}  # fmt: skip
 
 
+def _parts(outs: dict) -> list[str]:
+    """The feature sets the outputs have (`generic` and `joint` only with the generic extractor)."""
+    return [p for p in oodfeatures.FEATURES if p in outs["train"]]
+
+
 def _gaussians(outs: dict, ext_keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """`ood.fit_gaussian` of every feature set: the 4 classes of the train split and, as a fifth
+    """`oodfeatures.fit_gaussian` of every feature set: the 4 classes of the train split and, as a fifth
     cluster ("tumour, type unknown"), the external train groups (those in `ext_keep`)."""
     k, sets = len(CLASS_NAMES), [outs["train"]]
     if "ext_train" in outs:
         ext = outs["ext_train"]
         keep = np.ones(len(ext["labels"]), bool) if ext_keep is None else ext_keep
-        sets.append({key: ext[key][keep] for key in (*ood.FEATURES, "labels")})
+        sets.append({key: ext[key][keep] for key in (*_parts(outs), "labels")})
     labels = np.concatenate([s["labels"] for s in sets])  # external rows carry label k
     arrays = {}
-    for part in ood.FEATURES:
-        fitted = ood.fit_gaussian(np.concatenate([s[part] for s in sets]), labels, k + 1)
+    for part in _parts(outs):
+        fitted = oodfeatures.fit_gaussian(np.concatenate([s[part] for s in sets]), labels, k + 1)
         arrays |= {f"{part}_{key}": value for key, value in fitted.items()}
     return arrays
 
@@ -104,17 +110,19 @@ def _held_out_scores(outs: dict) -> dict[str, np.ndarray]:
     ext = outs["ext_train"]
     groups = np.unique(ext["groups"])
     first = np.isin(ext["groups"], groups[::2])
-    scores = {m: np.zeros(len(first)) for m in ood.METHODS}
+    scores: dict[str, np.ndarray] = {}
     for fold in (first, ~first):
         if fold.any():
-            part = {key: ext[key][fold] for key in (*ood.FEATURES, "logits", "probs")}
+            part = {key: ext[key][fold] for key in (*_parts(outs), "logits", "probs")}
             for m, v in ood.raw_scores(part, _gaussians(outs, ~fold)).items():
-                scores[m][fold] = v
+                scores.setdefault(m, np.zeros(len(first)))[fold] = v
     return scores
 
 
-def _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args) -> tuple[dict, dict]:
-    """Fit, choose the method, store `ood.npz` and `ood.json`; never reads the test sets.
+def _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args,
+               generic=None) -> tuple[dict, dict]:  # fmt: skip
+    """Fit, choose the method, store `ood.npz`, `ood.json` (and the generic extractor); never
+    reads the test sets.
 
     Returns:
         The stored info and every method's scaled score per set (`{method: {set: (n,)}}`).
@@ -123,19 +131,20 @@ def _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args) -
     raw = {s: ood.raw_scores(out, arrays) for s, out in outs.items() if s != "train"}
     if "ext_train" in outs:
         raw["ext_train_held_out"] = _held_out_scores(outs)
-    scales = {m: _scale(raw["val"][m], fit_args[0]) for m in ood.METHODS}
-    scaled = {m: {s: ood.normalise(r[m], scales[m]) for s, r in raw.items()} for m in ood.METHODS}
+    methods = [m for m in oodfeatures.METHODS if m in raw["val"]]
+    scales = {m: _scale(raw["val"][m], fit_args[0]) for m in methods}
+    scaled = {m: {s: ood.normalise(r[m], scales[m]) for s, r in raw.items()} for m in methods}
     brain = [s for s in ("val", "ext_train_held_out") if s in raw]
     selection = {}
-    for m in ood.METHODS:
+    for m in methods:
         inside = np.concatenate([ood.combine(scaled[m][s], colours[s]) for s in brain])
         outside = ood.combine(scaled[m]["images"], colours["images"])[select]
         selection[m] = round(oodmetrics.auroc(inside, outside), 6)
-    method = max(ood.METHODS, key=lambda m: (selection[m], -ood.METHODS.index(m)))
+    method = max(methods, key=lambda m: (selection[m], -oodfeatures.METHODS.index(m)))
     sources = {s: ood.combine(scaled[method][s], colours[s]) for s in brain}
     info = {
         "model": name, "method": method, "scales": scales, "selection_auroc": selection,
-        "stage_layers": ood.stage_layers(model, meta["gradcam_layer"]),
+        "stage_layers": oodfeatures.stage_layers(model, meta["gradcam_layer"]),
         **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
         "temperature": meta.get("temperature", 1.0),
         "model_sha256": datasets.file_sha256(Path(models_dir) / name / "model.keras"),
@@ -148,6 +157,11 @@ def _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args) -
     folder = Path(models_dir) / name
     with config.atomic_path(folder / ood.STATS_FILE) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
+    if generic is not None:
+        artifacts.save_model_atomic(generic, folder / oodfeatures.GENERIC_FILE)
+        info["generic_sha256"] = datasets.file_sha256(folder / oodfeatures.GENERIC_FILE)
+    else:
+        (folder / oodfeatures.GENERIC_FILE).unlink(missing_ok=True)
     config.write_json_atomic(folder / ood.THRESHOLDS_FILE, info)
     return info, scaled
 
@@ -254,7 +268,7 @@ def _method_aurocs(scaled: dict, colours: dict, reported: np.ndarray) -> dict | 
         return None
     return {m: round(oodmetrics.auroc(ood.combine(scaled[m]["test"], colours["test"]),
                                ood.combine(scaled[m]["images"], colours["images"])[reported]), 6)
-            for m in ood.METHODS}  # fmt: skip
+            for m in scaled}  # fmt: skip
 
 
 def fit_and_report(
@@ -323,12 +337,16 @@ def fit_and_report(
     if "ext_train" in colours:
         colours["ext_train_held_out"] = colours["ext_train"]
     fit_args = (accept_rate, target_error, min_answered)
-    fitted, members = {}, {}
+    fitted, members, generics = {}, {}, {}
     for name in names:
         model, meta = artifacts.load_trained(name, models_dir)
         arrays = oodsets.to_arrays([i["raw"] for i in images], meta["image_size"])
-        outs = _outputs(model, meta, frames, arrays, batch_size)
-        fitted[name], scaled = _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args)  # fmt: skip
+        size = meta["image_size"]
+        if size not in generics:
+            generics[size] = oodfeatures.generic_model(size)
+        outs = _outputs(model, meta, frames, arrays, batch_size, generics[size])
+        fitted[name], scaled = _fit_model(name, model, models_dir, meta, outs, colours, select,
+                                          fit_args, generics[size])  # fmt: skip
         fitted[name]["report_auroc"] = _method_aurocs(scaled, colours, reported)
         members[name] = {"scaled": scaled[fitted[name]["method"]],
                          "calibrated": {s: o["calibrated"] for s, o in outs.items() if s != "train"},

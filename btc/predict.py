@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc import artifacts, dicom, ood
+from btc import artifacts, dicom, ood, oodfeatures
 from btc.artifacts import trained_model_names
 from btc.calibration import apply_temperature, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
@@ -47,7 +47,7 @@ class LoadedModel:
     @functools.cached_property
     def feature_model(self):
         """The Keras model returning the features the OOD score needs (built once)."""
-        return ood.feature_model(self.model, self.metadata)
+        return oodfeatures.feature_model(self.model, self.metadata, self.ood.get("generic"))
 
     @functools.cached_property
     def explainer(self):
@@ -222,7 +222,7 @@ def predict(
         if size not in arrays:
             arrays[size] = np.stack([preprocess(raw, size) for raw, *_ in encoded])
         if runtime == "keras" and loaded.ood.get("available"):
-            out = ood.forward(loaded.model, loaded.feature_model, arrays[size])  # one pass
+            out = oodfeatures.forward(loaded.model, loaded.feature_model, arrays[size])  # one pass
             raw_probs, scores[name] = out["probs"], ood.feature_score(out, loaded.ood)
         else:
             batches = [arrays[size][i : i + 64] for i in range(0, len(arrays[size]), 64)]

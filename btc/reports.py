@@ -6,7 +6,7 @@ so the README generator and the notebooks share one wording.
 
 from __future__ import annotations
 
-from btc.ood import METHODS as OOD_METHODS
+from btc.oodfeatures import METHODS as OOD_METHODS
 
 
 def summary_row(name: str, result: dict) -> dict:
@@ -180,8 +180,9 @@ def ood_markdown(report: dict) -> str:
     rows = []
     for name, e in models.items():
         if e.get("selection_auroc"):
-            shown = {m: f"{e['selection_auroc'][m]:.3f}" + (f" / {e['report_auroc'][m]:.3f}"
-                     if e.get("report_auroc") else "") for m in OOD_METHODS}  # fmt: skip
+            shown = {m: "–" if m not in e["selection_auroc"] else f"{e['selection_auroc'][m]:.3f}"
+                     + (f" / {e['report_auroc'][m]:.3f}" if e.get("report_auroc") else "")
+                     for m in OOD_METHODS}  # fmt: skip
             rows.append([name, *(f"**{v}**" if m == e["method"] else v for m, v in shown.items())])
     lines = [f"Methods tried: AUROC on the select / report part (chosen in bold). Select part: "
              f"{report['parts']['select']}. Report part: {report['parts']['report']}.", "",

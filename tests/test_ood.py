@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import llm, ood, oodeval, oodmetrics, oodsets, predict, reports, widgets
+from btc import llm, ood, oodeval, oodfeatures, oodmetrics, oodsets, predict, reports, widgets
 from tests import images, test_llm
 from tests.conftest import SHARED_DIR, SHARED_EXTERNAL
 
@@ -64,7 +65,7 @@ def _blobs(seed: int = 0) -> dict:
     ext = rng.normal(size=(40, 6)) + 8.0
 
     def out(f, labels, groups=None):
-        o = {p: f.astype(np.float32) for p in ood.FEATURES}
+        o = {p: f.astype(np.float32) for p in oodfeatures.FEATURES}
         o |= {"labels": labels, "logits": f[:, :4], "probs": np.full((len(f), 4), 0.25)}
         return o | ({"groups": groups} if groups is not None else {})
 
@@ -101,11 +102,37 @@ def test_stage_layers_are_the_deepest_activation_per_resolution(tiny_models):
     from btc import artifacts
 
     model, meta = artifacts.load_trained("cnn", tiny_models[0])
-    stages = ood.stage_layers(model, meta["gradcam_layer"])
+    stages = oodfeatures.stage_layers(model, meta["gradcam_layer"])
     assert stages == ["block2_act", "block3_act", "block4_act"]
-    outs = ood.forward(model, ood.feature_model(model, meta), np.zeros((2, meta["image_size"], meta["image_size"], 3), np.float32))  # fmt: skip
+    outs = oodfeatures.forward(model, oodfeatures.feature_model(model, meta), np.zeros((2, meta["image_size"], meta["image_size"], 3), np.float32))  # fmt: skip
     widths = sum(model.get_layer(n).output.shape[-1] for n in stages)
     assert outs["stages"].shape == (2, widths) and outs["pool"].shape[1] == 256
+
+
+def test_generic_features_need_imagenet_weights_and_are_skipped_without(tmp_path, monkeypatch):
+    model = oodfeatures.generic_model(64)  # the offline MobileNet a 0.25 weights (conftest)
+    images = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+    features = model.predict_on_batch(images)
+    assert features.shape == (2, 64 + 128 + 256) and np.all(features >= 0)
+    assert not any(w.trainable for w in model.weights)
+    monkeypatch.setenv("BTC_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr("keras.utils.get_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))  # fmt: skip
+    assert oodfeatures.generic_model(64) is None
+
+
+def test_generic_extractor_is_stored_with_each_model_and_checked(fitted, tmp_path):
+    models_dir = fitted[0]
+    info = json.loads((models_dir / "mobilenet" / ood.THRESHOLDS_FILE).read_text())
+    path = models_dir / "mobilenet" / oodfeatures.GENERIC_FILE
+    assert info["generic_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    stats = ood.load_stats("mobilenet", models_dir)
+    assert stats["available"] and stats["generic"].output.shape[-1] == 448
+    with np.load(models_dir / "mobilenet" / ood.STATS_FILE) as npz:
+        assert {"generic_whiten", "joint_whiten"} <= set(npz.files)
+    copy = shutil.copytree(models_dir, tmp_path / "models")
+    (copy / "mobilenet" / oodfeatures.GENERIC_FILE).write_bytes(b"changed")
+    stale = ood.load_stats("mobilenet", copy)
+    assert not stale["available"] and "generic OOD extractor" in stale["note"]
 
 
 def test_evaluation_helpers_on_known_values():
@@ -196,10 +223,13 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(fitted):
     models_dir, _, report, root = fitted
     for name in ("cnn", "mobilenet"):
         info = json.loads((models_dir / name / "ood.json").read_text())
-        assert info["method"] in ood.METHODS and info["fitted_on"]["thresholds"] == THRESHOLDS_FROM
-        assert set(info["selection_auroc"]) == set(ood.METHODS)
+        assert (
+            info["method"] in oodfeatures.METHODS
+            and info["fitted_on"]["thresholds"] == THRESHOLDS_FROM
+        )
+        assert set(info["selection_auroc"]) == set(oodfeatures.METHODS)
         with np.load(models_dir / name / "ood.npz") as npz:
-            assert {f"{p}_{k}" for p in ood.FEATURES for k in ("whiten", "means_w")} <= set(
+            assert {f"{p}_{k}" for p in oodfeatures.FEATURES for k in ("whiten", "means_w")} <= set(
                 npz.files
             )
             # the external train groups are a fifth cluster ("tumour, type unknown")
@@ -253,6 +283,7 @@ def test_status_contract(fitted, loaded, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     colour = tmp_path / "photo.png"
     images.save(colour, _noise(colour=True), "PNG")
+    share = ood.colour_fraction(colour.read_bytes())  # ~0.97 of the noise pixels are coloured
     cnn = loaded["cnn"].ood["info"]
     saved = dict(cnn)
     try:
@@ -260,7 +291,10 @@ def test_status_contract(fitted, loaded, tmp_path):
             cnn.update(confidence_threshold=threshold, target_met=True)
             rec = predict.predict_files([scan, str(colour), str(bad)], "cnn", loaded, models_dir)
             assert [r["status"] for r in rec[:2]] == [expected, "out_of_distribution"]
-            assert rec[0]["ood_score"] <= rec[0]["thresholds"]["ood"] and rec[1]["ood_score"] >= 10
+            assert (
+                rec[0]["ood_score"] <= rec[0]["thresholds"]["ood"]
+                and rec[1]["ood_score"] >= share / ood.COLOUR_FRACTION
+            )
             assert rec[0]["thresholds"]["confidence"] == threshold
     finally:
         cnn.clear()
@@ -417,13 +451,13 @@ def test_fit_gaussian_handles_dead_and_collinear_units_and_is_exact_mahalanobis(
     f[:, 2] = 0.0  # a dead ReLU unit
     f = np.c_[f, 2 * f[:, 0]].astype(np.float32)  # a collinear one: a Cholesky used to fail here
     y = rng.integers(0, 3, 400)
-    stats = ood.fit_gaussian(f, y, 3)
+    stats = oodfeatures.fit_gaussian(f, y, 3)
     z = f[:5] @ stats["whiten"]
     d2 = ((z[:, None, :] - stats["means_w"][None]) ** 2).sum(-1)
     assert np.isfinite(d2).all()
     g = rng.normal(size=(300, 4))
     yg = rng.integers(0, 2, 300)
-    stats = ood.fit_gaussian(g.astype(np.float32), yg, 2)
+    stats = oodfeatures.fit_gaussian(g.astype(np.float32), yg, 2)
     means = np.stack([g[yg == c].mean(0) for c in range(2)])
     precision = np.linalg.inv(LedoitWolf().fit(g - means[yg]).covariance_)
     expected = np.array([[(x - m) @ precision @ (x - m) for m in means] for x in g[:5]])

@@ -1,0 +1,169 @@
+"""The features the OOD scores are computed from (`btc.ood`), and the Gaussians fitted to them.
+
+From a trained model: its pooled last-conv features (`pool`), the pooled outputs of its last
+`N_STAGES` stages (`stages`) and its penultimate dense features (`dense`). From a frozen ImageNet
+MobileNet α 0.25 (`generic_model`, stored with each model as `GENERIC_FILE`): three pooled stages
+(`generic`, log1p) and `joint` (`stages` and `generic` side by side).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mahalanobis_pool", "mahalanobis_stages", "mahalanobis_dense", "mahalanobis_generic",
+           "mahalanobis_joint", "energy", "msp")  # fmt: skip
+# the feature sets the Mahalanobis methods score; `generic` and `joint` need the generic extractor
+FEATURES = ("pool", "stages", "dense", "generic", "joint")
+GENERIC_FILE = "ood_generic.keras"  # the frozen ImageNet extractor, stored with each model
+GENERIC_LAYERS = ("conv_pw_5_relu", "conv_pw_11_relu", "conv_pw_13_relu")
+N_STAGES = 3  # stage outputs pooled for `mahalanobis_stages` (the last three resolutions)
+
+
+def stage_layers(model, last: str, n: int = N_STAGES) -> list[str]:
+    """The last activation at each of the `n` smallest spatial resolutions, up to `last`.
+
+    Args:
+        model: A flat functional Keras model.
+        last: Name of the last convolutional feature layer (included).
+        n: Number of stages.
+
+    Returns:
+        Layer names, shallowest first (MobileNet at 128 px: `conv_pw_5_relu`,
+        `conv_pw_11_relu`, `conv_pw_13_relu`; the CNN: `block2_act` to `block4_act`).
+    """
+    import keras
+
+    by_size: dict[tuple, str] = {}  # spatial size -> its deepest activation (sizes only shrink)
+    for layer in model.layers:
+        shape = tuple(layer.output.shape) if hasattr(layer, "output") else ()
+        activation = isinstance(layer, keras.layers.Activation | keras.layers.ReLU)
+        if len(shape) == 4 and (activation or layer.name == last):
+            by_size[shape[1:3]] = layer.name
+        if layer.name == last:
+            break
+    return list(by_size.values())[-n:]
+
+
+def generic_model(image_size: int, weights: str | Path | None = "imagenet"):
+    """The generic feature extractor: a frozen ImageNet MobileNet α 0.25, three pooled stages.
+
+    Args:
+        image_size: Input side length (the trained model's).
+        weights: `"imagenet"` (found offline as in `btc.models.resolve_weights`) or a file.
+
+    Returns:
+        A Keras model mapping `(n, size, size, 3)` images in [0, 1] to `(n, 448)` features, or
+        `None` when the ImageNet weights cannot be had (the generic methods are then skipped).
+    """
+    import keras
+
+    from btc import models
+
+    try:
+        path = models.resolve_weights("mobilenet", weights, 0.25)
+    except (models.WeightsUnavailableError, FileNotFoundError) as exc:
+        log.warning("generic OOD features skipped: %s", exc)
+        return None
+    inputs = keras.Input((image_size, image_size, 3), name="generic_input")
+    scaled = keras.layers.Rescaling(2.0, -1.0, name="generic_to_pm1")(inputs)
+    try:
+        base = keras.applications.MobileNet(input_tensor=scaled, alpha=0.25, include_top=False,
+                                            weights=path)  # fmt: skip
+    except Exception as exc:  # e.g. no internet for the download
+        log.warning("generic OOD features skipped: %s", exc)
+        return None
+    pool = keras.layers.GlobalAveragePooling2D
+    stages = [pool(name=f"generic_pool{i}")(base.get_layer(n).output)
+              for i, n in enumerate(GENERIC_LAYERS)]  # fmt: skip
+    model = keras.Model(
+        inputs, keras.layers.Concatenate(name="generic")(stages), name="ood_generic"
+    )
+    model.trainable = False
+    return model
+
+
+def feature_model(model, metadata: dict, generic=None):
+    """The features the OOD scores need, from a trained flat functional model.
+
+    Args:
+        model: A `btc.models` Keras model (softmax layer named `predictions`).
+        metadata: Its metadata (`gradcam_layer`: the last convolutional feature layer).
+        generic: The `generic_model` (its features are added as a fifth output), or `None`.
+
+    Returns:
+        A Keras model mapping images to `[pooled last-conv features (n, c), pooled stage
+        outputs concatenated (n, s) (see `stage_layers`), penultimate features (n, d), softmax
+        (n, classes)]` (+ `generic` features), sharing the trained weights.
+    """
+    import keras
+
+    pool = keras.layers.GlobalAveragePooling2D
+    last = metadata["gradcam_layer"]
+    pooled = pool(name="ood_pool")(model.get_layer(last).output)
+    stages = [pool(name=f"ood_stage{i}")(model.get_layer(name).output)
+              for i, name in enumerate(stage_layers(model, last))]  # fmt: skip
+    stages = stages[0] if len(stages) == 1 else keras.layers.Concatenate(name="ood_stages")(stages)
+    outputs = [pooled, stages, model.get_layer("predictions").input, model.outputs[0]]
+    if generic is not None:
+        outputs.append(generic(model.inputs[0]))
+    return keras.Model(model.inputs, outputs)
+
+
+def forward(model, fmodel, images, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Run `feature_model` over images in one pass.
+
+    Args:
+        model: The trained model (its `predictions` weights give the logits).
+        fmodel: `feature_model(model, metadata)`.
+        images: `(n, size, size, 3)` float32 array in [0, 1], or a dataset of `(x, y)` batches.
+        batch_size: Batch size for an array.
+
+    Returns:
+        `pool`, `stages`, `dense`, `logits` and `probs` (uncalibrated softmax), each `(n, ...)`;
+        with a generic extractor also `generic` (log1p of its features) and `joint`
+        (`stages` and `generic` side by side).
+    """
+    batches = ([images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+               if isinstance(images, np.ndarray) else (x for x, _ in images))  # fmt: skip
+    outs = [fmodel.predict_on_batch(b) for b in batches]
+    parts = [np.concatenate([o[i] for o in outs]).astype(np.float32) for i in range(len(outs[0]))]
+    pool, stages, dense, probs = parts[:4]
+    kernel, bias = model.get_layer("predictions").get_weights()
+    out = {"pool": pool, "stages": stages, "dense": dense, "probs": probs,
+           "logits": dense @ kernel + bias}  # fmt: skip
+    if len(parts) > 4:  # ReLU6 features are heavy-tailed: log1p makes them closer to Gaussian
+        out["generic"] = np.log1p(parts[4])
+        out["joint"] = np.concatenate([stages, out["generic"]], 1)
+    return out
+
+
+def fit_gaussian(features: np.ndarray, labels: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Class means and one shared covariance (Ledoit–Wolf shrinkage), as Lee et al. (2018).
+
+    Args:
+        features: `(n, d)` train-split features.
+        labels: `(n,)` integer labels in `[0, k)`.
+        k: Number of classes (a class absent from `labels` is skipped).
+
+    Returns:
+        `whiten` `(d, d)` (the covariance's inverse square root, from its eigen-decomposition)
+        and `means_w` `(k, d)` (the whitened class means), so that the squared Mahalanobis
+        distance is `‖f·whiten − means_w‖²`.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    present = [c for c in range(k) if np.any(labels == c)]
+    means = np.stack([features[labels == c].mean(0) for c in present])
+    centred = features - means[np.searchsorted(present, labels)]
+    cov = LedoitWolf().fit(centred.astype(np.float64)).covariance_
+    # eigh, not a Cholesky of the precision: real features have dead (ReLU) units, and the
+    # precision of a near-singular covariance is not numerically positive definite.
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    floor = max(float(values.max()) * 1e-6, 1e-12)
+    whiten = vectors / np.sqrt(np.clip(values, floor, None))  # d² = ‖(f − μ) V Λ^-½‖²
+    return {"means_w": (means @ whiten).astype(np.float32), "whiten": whiten.astype(np.float32)}
