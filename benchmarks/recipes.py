@@ -44,6 +44,8 @@ ROWS = {
                style_augment=True, external=True, patience=12)),
     "H": ("G with peak learning rate 3e-3", dict(model="cnn", weights="none", epochs_head=12,
           epochs_finetune=0, style_augment=True, external=True, patience=12, lr_head=3e-3)),
+    "I": ("D + class weights (inverse class frequency)",
+          dict(recipe="one_phase", style_augment=True, external=True, class_weights=True)),
 }  # fmt: skip
 
 
