@@ -44,9 +44,10 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
         print(f"skipped: {exc}")
         return []
     frame = datasets.load_manifest(manifest)
-    rows = []
+    rows, sizes = [], {}
     for name in names:
         model, meta = artifacts.load_trained(name, models_dir)
+        sizes[name] = meta["image_size"]
         x1 = next(iter(datasets.make_dataset(frame, "test", meta["image_size"], 1, augment=False,
                                          shuffle=False, cache=False)))[0].numpy()  # fmt: skip
         probs, labels = datasets.predict_split(model, meta, frame, "test")
@@ -66,9 +67,11 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
                          "images": len(labels)})  # fmt: skip
     _print(rows)
     print(markdown(rows))
+    models_note = ", ".join(f"{n} {size} px" for n, size in sizes.items())
     if models_dir.resolve() == Path(config.MODELS_DIR).resolve():
         config.write_json_atomic(
-            config.RESULTS_DIR / "litert.json", {"rows": rows, "load": os.getloadavg()}
+            config.RESULTS_DIR / "litert.json",
+            {"rows": rows, "load": os.getloadavg(), "models_note": models_note},
         )
     return rows
 

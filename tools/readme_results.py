@@ -22,7 +22,7 @@ from litert import markdown as litert_table  # noqa: E402
 from recipes import table as recipe_table  # noqa: E402
 
 from btc import config  # noqa: E402
-from btc.reports import comparison_markdown  # noqa: E402
+from btc.reports import comparison_markdown, ood_markdown  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -102,10 +102,14 @@ def section(preset: str = "quick") -> str:
                              f"{100 * sc['box_area']:.1f} |")  # fmt: skip
         lines += ["", f"Recommended demo method per model (sanity CI below 0.5 and best pointing): "
                       f"{ext_sal['recommended']}.", ""]  # fmt: skip
+    ood_report = _load(ROOT / "results" / "03_evaluate" / "ood_report.json")
+    if ood_report:
+        lines += ["Out-of-distribution rejection and selective prediction (03, `ood_report.json`):", "",
+                  ood_markdown(ood_report), ""]  # fmt: skip
     lite = _load(ROOT / "results" / "litert.json")  # benchmarks/litert.py on the repo's models
     if lite:
         lines += [f"LiteRT export (`benchmarks/litert.py`, test split, the models in `models/` when it "
-                  f"ran: {lite.get('models_note', 'quick preset, 128 px')}; load average "
+                  f"ran: {lite.get('models_note', f'{preset} preset')}; load average "
                   f"{lite['load'][0]:.1f} on 2 cores, so latencies are upper bounds):", "",
                   litert_table(lite["rows"]), ""]  # fmt: skip
     if not bench:
