@@ -245,9 +245,8 @@ def export_tflite(
                        "same_manifest_as_training": manifest_sha == meta.get("manifest_sha256")}  # fmt: skip
         if not calibration["same_manifest_as_training"]:
             log.warning("int8 calibration of %r uses a manifest it was not trained on", name)
-        probe = np.concatenate([x[0] for x, _ in zip(representative(), range(8))])
-        calibration["gray_input_folded"] = quantization.fold_gray_input(model, probe)
         images = np.concatenate([x[0] for x in representative()])
+        calibration["gray_input_folded"] = quantization.fold_gray_input(model, images[:8])
         calibration["bias_corrected_layers"] = len(quantization.correct_weight_bias(model, images))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="btc-export-") as tmp:

@@ -93,22 +93,24 @@ def correct_weight_bias(model, images: np.ndarray, batch_size: int = 16) -> list
     if not targets:
         return []
     probe = keras.Model(model.inputs, [t.input for t in targets])
-    sums = [0.0] * len(targets)
+    means = [0.0] * len(targets)  # per-channel mean input of each target over `images`
     for start in range(0, len(images), batch_size):
-        outs = probe.predict_on_batch(images[start : start + batch_size])
+        batch = images[start : start + batch_size]
+        outs = probe.predict_on_batch(batch)
         outs = outs if isinstance(outs, list | tuple) else [outs]
         for i, out in enumerate(outs):
             out = np.asarray(out, np.float64)
-            sums[i] = sums[i] + out.reshape(-1, out.shape[-1]).sum(0)
+            means[i] = means[i] + out.reshape(-1, out.shape[-1]).mean(0) * len(batch) / len(images)
     done = []
-    for layer, total in zip(targets, sums):
+    for layer, mean in zip(targets, means):
         weights = layer.get_weights()
         kernel = weights[0].astype(np.float64)
-        mean = total / (total.size and (len(images) * (np.prod(layer.input.shape[1:-1]) or 1)))
         bn = norm.get(layer.name)
         gain = 1.0
         if bn is not None:
-            params = dict(zip([w.path.split("/")[-1] for w in bn.weights], bn.get_weights()))
+            names = [w.path.split("/")[-1] for w in bn.weights]
+            bn_weights = bn.get_weights()
+            params = dict(zip(names, bn_weights))
             gain = params.get("gamma", 1.0) / np.sqrt(params["moving_variance"] + bn.epsilon)
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             folded = kernel * gain.reshape(1, 1, -1, 1) if bn is not None else kernel
@@ -118,8 +120,6 @@ def correct_weight_bias(model, images: np.ndarray, batch_size: int = 16) -> list
             error = _int8_error(folded)
             shift = np.einsum("kio,i->o", error.reshape(-1, *error.shape[-2:]), mean)
         if bn is not None:
-            bn_weights = bn.get_weights()
-            names = [w.path.split("/")[-1] for w in bn.weights]
             if "beta" not in names:
                 continue
             bn_weights[names.index("beta")] = (bn_weights[names.index("beta")] - shift).astype(
