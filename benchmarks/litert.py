@@ -6,6 +6,11 @@ with the Keras model. Variants that are missing or stale are exported first (int
 folder, as `btc export` would). Targets for int8 (issue 16): agreement ≥ 99 %, accuracy within
 0.5 points of Keras, file ≥ 3× smaller.
 
+The Keras row also carries `noise_agreement`: the Keras model's top-1 agreement with itself when
+each test image gets uniform noise of ±1 and ±2 gray levels (of 255). Int8 adds errors of about
+that size inside the network, so a model that already flips under such noise cannot reach 100 %
+agreement with any int8 export; this is the stability floor to read the int8 agreement against.
+
 `python litert.py [MODELS_DIR [MANIFEST]]` runs it on other folders (e.g. tiny test models).
 Run on the project's models folder, the rows also go to `results/litert.json` and the table is
 printed as Markdown too (for the README). Latency is measured for Keras and LiteRT side by side
@@ -18,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 from latency import median_ms
 
 from btc import artifacts, config, datasets, evaluate, export, litert
@@ -29,6 +35,22 @@ def _variant(name: str, quantize: str, models_dir: Path, manifest: Path):
     except (FileNotFoundError, ValueError):  # missing or stale: export it
         export.export_tflite(name, quantize, models_dir=models_dir, manifest=manifest)
         return export.load_litert(name, quantize, models_dir)
+
+
+NOISE_LEVELS = (1, 2)  # gray levels of 255
+
+
+def noise_agreement(model, meta: dict, frame, top1: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Top-1 agreement of a Keras model with itself under ±k/255 uniform input noise, per k."""
+    images = np.concatenate([x.numpy() for x, _ in datasets.make_dataset(
+        frame, "test", meta["image_size"], 64, augment=False, shuffle=False, cache=False)])  # fmt: skip
+    rng = np.random.default_rng(seed)
+    found = {}
+    for level in NOISE_LEVELS:
+        noise = rng.uniform(-level / 255, level / 255, images.shape[:3] + (1,)).astype("float32")
+        noisy = np.clip(images + noise, 0.0, 1.0)  # the same noise on the three gray channels
+        found[str(level)] = float((model.predict(noisy, verbose=0).argmax(1) == top1).mean())
+    return found
 
 
 def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = config.MANIFEST_PATH,
@@ -57,9 +79,11 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
             lite, lite_meta = _variant(name, quantize, models_dir, manifest)
             lite_probs, _ = datasets.predict_split(lite, lite_meta, frame, "test")
             variants.append((quantize, lite, lite_meta["tflite_bytes"], lite_probs))
+        noise = noise_agreement(model, meta, frame, keras_top1)
         for variant, runner, size, p in variants:
             ci = evaluate.bootstrap_ci(labels, p, n_bootstrap, class_names=meta["class_names"])
-            rows.append({"model": name, "variant": variant, "mb": size / 1e6,
+            extra = {"noise_agreement": noise} if variant == "keras" else {}
+            rows.append({**extra, "model": name, "variant": variant, "mb": size / 1e6,
                          "ms": median_ms(lambda r=runner, x=x1: r.predict_on_batch(x), repeats),
                          "accuracy": float((p.argmax(1) == labels).mean()),
                          "accuracy_ci": ci["accuracy"],
@@ -84,6 +108,13 @@ def markdown(rows: list[dict]) -> str:
         lo, hi = (100 * v for v in r["accuracy_ci"])
         lines.append(f"| {r['model']} | {r['variant']} | {r['mb']:.2f} | {r['ms']:.1f} | "
                      f"{100 * r['accuracy']:.1f} [{lo:.1f}, {hi:.1f}] | {100 * r['agreement']:.1f} |")  # fmt: skip
+    floors = [f"{r['model']} " + " / ".join(f"{100 * a:.1f} %" for a in r["noise_agreement"].values())
+              for r in rows if "noise_agreement" in r]  # fmt: skip
+    if floors:
+        levels = " / ".join(f"±{k}" for k in rows[0]["noise_agreement"])
+        lines += ["", f"Stability floor: each Keras model's top-1 agreement with itself under uniform "
+                  f"input noise of {levels} gray levels (of 255): {'; '.join(floors)}. Int8 adds "
+                  "errors of about that size inside the network."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -103,6 +134,9 @@ def _print(rows: list[dict]) -> None:
         "×keras: size ratio to model.keras (which also stores the optimizer state); ×fp32: to "
         "the float32 .tflite; speed ×: Keras latency / this variant's"
     )
+    for r in (r for r in rows if "noise_agreement" in r):
+        print(f"{r['model']} keras vs itself under ±k/255 input noise: " + ", ".join(
+            f"k={k} {100 * a:.1f} %" for k, a in r["noise_agreement"].items()))  # fmt: skip
     for r in (r for r in rows if r["variant"] == "int8"):
         k, fp32 = base[r["model"], "keras"], base[r["model"], "none"]
         checks = {"agreement ≥ 99 %": r["agreement"] >= 0.99,

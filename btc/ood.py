@@ -157,7 +157,8 @@ def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target
             "min_answered": min_answered}  # fmt: skip
 
 
-def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold, target_met=True) -> str:  # fmt: skip
+def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold, target_met=True,
+              colour: float = 0.0) -> str:  # fmt: skip
     """The status of one prediction.
 
     Args:
@@ -167,13 +168,16 @@ def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold,
         confidence_threshold: Answer when `confidence` reaches it; `None` for no threshold.
         target_met: Whether any confidence threshold met the target error on validation (if
             not, every answer is uncertain).
+        colour: `colour_fraction` of the input (the hard colour gate of `rejected`; applied
+            with the OOD score only).
 
     Returns:
-        `"out_of_distribution"` above the OOD threshold, else `"uncertain"` below the confidence
-        threshold, else `"predicted"`.
+        `"out_of_distribution"` when `rejected` (above the OOD threshold or in colour), else
+        `"uncertain"` below the confidence threshold, else `"predicted"`.
     """
-    if ood_score is not None and ood_threshold is not None and ood_score > ood_threshold:
-        return "out_of_distribution"
+    if ood_score is not None and ood_threshold is not None:
+        if rejected(ood_score, colour, ood_threshold):
+            return "out_of_distribution"
     if not target_met or (confidence_threshold is not None and confidence < confidence_threshold):
         return "uncertain"
     return "predicted"
@@ -258,9 +262,7 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
                 "status_note": note or "OOD checking unavailable"}  # fmt: skip
     score = None if feature is None else float(combine(feature, colour))
     status = status_of(score, info["ood_threshold"], confidence, info["confidence_threshold"],
-                       info["target_met"])  # fmt: skip
-    if score is not None and rejected(score, colour, info["ood_threshold"]):
-        status = "out_of_distribution"
+                       info["target_met"], colour)  # fmt: skip
     if not info["target_met"] and status == "uncertain":
         note = note or "no confidence threshold met the target error on validation"
     thresholds = {"ood": None if feature is None else info["ood_threshold"],

@@ -55,6 +55,8 @@ def test_status_of_follows_the_thresholds():
     assert ood.status_of(0.5, 1.0, 0.80, 0.9) == "uncertain"
     assert ood.status_of(0.5, 1.0, 0.95, 0.9) == "predicted"
     assert ood.status_of(None, None, 0.95, 0.9) == "predicted"  # no features (LiteRT)
+    assert ood.status_of(0.5, 1.0, 0.99, 0.9, colour=0.5) == "out_of_distribution"  # colour gate
+    assert ood.status_of(None, None, 0.99, 0.9, colour=0.5) == "predicted"  # gate needs a score
     assert ood.status_of(0.5, 1.0, 0.99, None, target_met=False) == "uncertain"
 
 
