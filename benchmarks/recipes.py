@@ -46,6 +46,8 @@ ROWS = {
           epochs_finetune=0, style_augment=True, external=True, patience=12, lr_head=3e-3)),
     "I": ("D + class weights (inverse class frequency)",
           dict(recipe="one_phase", style_augment=True, external=True, class_weights=True)),
+    "J": ("D + label smoothing 0.1",
+          dict(recipe="one_phase", style_augment=True, external=True, label_smoothing=0.1)),
 }  # fmt: skip
 
 

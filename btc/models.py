@@ -302,10 +302,13 @@ def build_model(
 
 
 @keras.saving.register_keras_serializable(package="btc")
-def partial_label_crossentropy(y_true, y_pred):
+def partial_label_crossentropy(y_true, y_pred, label_smoothing: float = 0.0):
     """Cross-entropy where label `len(CLASS_NAMES)` means "a tumour of unknown type".
 
-    Known labels give −log p_y; the unknown-tumour label gives −log Σ p_tumour-classes.
+    Known labels give −log p_y; the unknown-tumour label gives −log Σ p_tumour-classes. With
+    `label_smoothing` ε the loss is `(1 − ε) ·` that `+ ε ·` the mean of −log p over the classes,
+    which for a known label is the cross-entropy with the usual smoothed target
+    `(1 − ε) · one_hot + ε / k`.
     """
     import tensorflow as tf
 
@@ -315,8 +318,39 @@ def partial_label_crossentropy(y_true, y_pred):
     target = tf.where(
         tf.equal(y, k)[:, None], tumour[None, :], tf.one_hot(y, k, dtype=y_pred.dtype)
     )
-    p = tf.reduce_sum(target * tf.cast(y_pred, target.dtype), axis=-1)
-    return -tf.math.log(tf.clip_by_value(p, 1e-7, 1.0))
+    probs = tf.clip_by_value(tf.cast(y_pred, target.dtype), 1e-7, 1.0)
+    loss = -tf.math.log(tf.clip_by_value(tf.reduce_sum(target * probs, axis=-1), 1e-7, 1.0))
+    if label_smoothing:
+        uniform = -tf.reduce_mean(tf.math.log(probs), axis=-1)
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * uniform
+    return loss
+
+
+@keras.saving.register_keras_serializable(package="btc")
+class PartialLabelCrossentropy(keras.losses.Loss):
+    """`partial_label_crossentropy` as a saveable Keras loss with its `label_smoothing`.
+
+    Args:
+        label_smoothing: Share ε of the target spread evenly over the classes, in [0, 1).
+        name: Loss name.
+
+    Raises:
+        ValueError: If `label_smoothing` is outside [0, 1).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "partial_label_crossentropy",
+                 **kwargs):  # fmt: skip
+        from btc.config import check_range
+
+        check_range("label_smoothing", label_smoothing, 0, 1, high_inclusive=False)
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        return partial_label_crossentropy(y_true, y_pred, self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 @keras.saving.register_keras_serializable(package="btc")

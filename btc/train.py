@@ -65,6 +65,7 @@ class TrainConfig(StageConfig):
         alpha: MobileNet width multiplier.
         dropout: Head dropout.
         class_weights: Weight the loss by inverse class frequency.
+        label_smoothing: Share of each target spread evenly over the classes (0: none).
         mixed_precision: Use float16 compute (GPU only).
         strategy: `"default"`, `"mirrored"` (all local GPUs/devices) or `"multiworker"`
             (`TF_CONFIG` cluster).
@@ -90,6 +91,7 @@ class TrainConfig(StageConfig):
     alpha: float = 1.0
     dropout: float = 0.3
     class_weights: bool = False
+    label_smoothing: float = 0.0
     mixed_precision: bool = False
     strategy: str = "default"
     seed: int = 42
@@ -108,6 +110,7 @@ class TrainConfig(StageConfig):
         check_range("warmup_epochs", self.warmup_epochs, 0, 100, types=int)
         check_range("patience", self.patience, 1, 1000, types=int)
         check_range("dropout", self.dropout, 0, 1, high_inclusive=False)
+        check_range("label_smoothing", self.label_smoothing, 0, 1, high_inclusive=False)
         check_range("seed", self.seed, 0, types=int)
         check_choice("alpha", self.alpha, (1.0, 0.75, 0.5, 0.25))
         check_choice("strategy", self.strategy, distribute.STRATEGIES)
@@ -162,10 +165,10 @@ def _warmup_cosine(peak: float, steps: int, warmup_steps: int):
     return keras.optimizers.schedules.CosineDecay(peak, decay_steps, alpha=0.05)
 
 
-def _compile(model: keras.Model, learning_rate) -> None:
+def _compile(model: keras.Model, learning_rate, label_smoothing: float = 0.0) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=models.partial_label_crossentropy,
+        loss=models.PartialLabelCrossentropy(label_smoothing),
         metrics=[keras.metrics.MeanMetricWrapper(models.partial_label_accuracy, name="accuracy")],
     )
 
@@ -271,7 +274,7 @@ def train(
         elif phase == "scratch":  # one phase, decayed to settle BN and weights
             lr = _warmup_cosine(lr, epochs * steps_per_epoch, 0)
         with strategy.scope():
-            _compile(model, lr)
+            _compile(model, lr, config.label_smoothing)
         cbs = [
             keras.callbacks.BackupAndRestore(str(work / f"backup_{phase}")),
             keras.callbacks.EarlyStopping(

@@ -92,6 +92,27 @@ def test_partial_label_loss_and_accuracy():
     assert acc.tolist() == [0.0, 1.0]  # glioma predicted: wrong for notumor, right for "tumour"
 
 
+def test_label_smoothing_matches_keras_for_known_labels_and_survives_saving(tmp_path):
+    import keras
+
+    p = np.array([[0.2, 0.3, 0.4, 0.1], [0.05, 0.05, 0.85, 0.05]], np.float32)
+    y = np.array([1, 2])
+    smoothed = models.PartialLabelCrossentropy(0.1)
+    reference = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    assert np.isclose(float(smoothed(y, p)), float(reference(np.eye(4)[y], p)), atol=1e-5)
+    assert float(smoothed(y, p)) != float(models.PartialLabelCrossentropy()(y, p))
+    unknown = np.asarray(models.partial_label_crossentropy(np.array([4]), p[:1], 0.1))
+    assert np.isclose(unknown[0], 0.9 * -np.log(0.6) + 0.1 * -np.log(p[0]).mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        models.PartialLabelCrossentropy(1.0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs))
+    model.compile(loss=smoothed)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.loss.get_config()["label_smoothing"] == 0.1
+
+
 def test_training_uses_external_groups_as_unknown_tumour(tiny_manifest, tmp_path):
     if not SHARED_EXTERNAL.is_dir():
         pytest.skip(f"external set not found at {SHARED_EXTERNAL}")
