@@ -139,12 +139,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         report = evaluate.evaluate(names, n_bootstrap=n, tta=p["tta"], use_ensemble=p["use_ensemble"],
                                    fit_ensemble=p["fit_ensemble"], allow_leaky=p["allow_leaky"],
                                    seed=seed, **paths)  # fmt: skip
+        ext = (names, manifest.with_name("external.csv"), models_dir, results_dir)
+        cam = saliency.choose_cam_layers(*ext)["layers"]
         sal = saliency.saliency_report(names, p["saliency_methods"], p["saliency_images_per_class"],
                                        p["sanity_check"], p["sanity_images"], n_bootstrap=n,
-                                       seed=seed, **paths)  # fmt: skip
-        ext_sal = saliency.external_saliency(names, p["saliency_methods"],
-                                             manifest.with_name("external.csv"), models_dir,
-                                             results_dir, n, seed, sanity=sal)  # fmt: skip
+                                       seed=seed, cam_layers=cam, **paths)  # fmt: skip
+        ext_sal = saliency.external_saliency(names, p["saliency_methods"], *ext[1:], n, seed,
+                                             sanity=sal, cam_layers=cam)  # fmt: skip
         ood = oodeval.fit_and_report(names, ood_dir=p["ood_dir"] or None,
                                      accept_rate=p["ood_accept_rate"], target_error=p["target_error"],
                                      n_bootstrap=n, seed=seed, **paths)  # fmt: skip
@@ -158,9 +159,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  {row['model']}: accuracy {_pct(row['accuracy'], row['accuracy_ci'])}, "
               f"macro-F1 {_pct(row['f1_macro'], row['f1_macro_ci'])}, external tumour "
               f"sensitivity {_pct(row['external_sensitivity'], row['external_sensitivity_ci'])}")  # fmt: skip
-    print(
-        f"saliency method per model (sanity check, then pointing): {ext_sal['recommended'] or '–'}"
-    )
+    print(f"saliency method per model (sanity check, then pointing): "
+          f"{ext_sal['recommended'] or '–'}; CAM layer: {cam}")  # fmt: skip
     methods = {name: entry.get("method") for name, entry in ood["models"].items()}
     print(f"OOD score per model: {methods}")
     print(f"metrics: {results_dir / 'metrics.json'}\nreports: {results_dir / '03_evaluate'}\n"

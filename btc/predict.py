@@ -43,6 +43,7 @@ class LoadedModel:
     metadata: dict
     runtime: str = "keras"
     ood: dict = dataclasses.field(default_factory=lambda: {"available": False})
+    cam_layer: str | None = None  # 03's choice (`saliency.json`); None: the last conv layer
 
     @functools.cached_property
     def feature_model(self):
@@ -60,7 +61,7 @@ class LoadedModel:
             raise ValueError(f"{self.name} runs on {self.runtime}: {SALIENCY_NEEDS_KERAS}")
         from btc import explain
 
-        return explain.Explainer(self.model, self.metadata["gradcam_layer"])
+        return explain.Explainer(self.model, self.cam_layer or self.metadata["gradcam_layer"])
 
 
 def load_models(
@@ -100,9 +101,12 @@ def load_models(
             raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
         loaded = {n: LoadedModel(n, *artifacts.load_trained(n, models_dir)) for n in names}
     ensemble_thresholds = ood.load_ensemble(models_dir)
-    for m in loaded.values():  # OOD statistics and thresholds fitted by 03_evaluate, if any
+    cam_layers = _read_json(Path(models_dir) / "saliency.json").get("cam_layers", {})
+    for m in loaded.values():  # OOD statistics, thresholds and CAM layer chosen by 03, if any
         m.ood = ood.load_stats(m.name, models_dir, runtime, m.metadata.get("temperature", 1.0))
         m.ood["ensemble"] = ensemble_thresholds
+        if runtime == "keras" and cam_layers.get(m.name) in {x.name for x in m.model.layers}:
+            m.cam_layer = cam_layers[m.name]  # a stale name (model retrained since 03) is ignored
     return loaded
 
 

@@ -140,3 +140,16 @@ def explain_classes():
     from btc.config import CLASS_NAMES
 
     return CLASS_NAMES
+
+
+def test_cam_layer_is_the_candidate_that_points_best(quadrant_model):
+    from btc import oodfeatures
+
+    model, x, y, masks = quadrant_model
+    candidates = oodfeatures.stage_layers(model, models.get_spec(QUADRANT_MODEL).gradcam_layer)
+    ranked = saliency.rank_cam_layers(model, candidates, x, y, masks)
+    assert len(candidates) >= 2 and set(ranked["scores"]) == set(candidates)
+    pointing = {layer: s["pointing"] for layer, s in ranked["scores"].items()}
+    assert pointing[ranked["layer"]] == max(pointing.values())
+    assert pointing[ranked["layer"]] > 0.5  # the evidence quadrant: chance is 0.25
+    assert all(0 <= s["energy"] <= 1 for s in ranked["scores"].values())

@@ -148,3 +148,14 @@ def test_recommended_model_and_method_follow_03s_choices(tmp_path):
     (tmp_path / "ensemble.json").write_text(json.dumps(
         {"weights": {"cnn": 0.7, "mobilenet": 0.3}, "default_model": "ensemble"}))  # fmt: skip
     assert pr.recommended(tmp_path)["saliency_method"] == "gradcam"  # the heaviest member's
+
+
+def test_demo_explains_at_the_cam_layer_03_chose_and_ignores_a_stale_one(tiny_models_copy):
+    models_dir, _ = tiny_models_copy
+    (models_dir / "saliency.json").write_text(json.dumps(
+        {"cam_layers": {"mobilenet": "conv_pw_11_relu", "cnn": "layer_of_an_older_model"}}))  # fmt: skip
+    loaded = predict.load_models(models_dir=models_dir)
+    assert loaded["mobilenet"].cam_layer == "conv_pw_11_relu"
+    assert loaded["mobilenet"].explainer.layer == "conv_pw_11_relu"
+    assert loaded["cnn"].cam_layer is None
+    assert loaded["cnn"].explainer.layer == loaded["cnn"].metadata["gradcam_layer"]
