@@ -89,6 +89,15 @@ def section(preset: str = "quick") -> str:
                 lines.append(f"| {name} | {row['method']} | {cell} | {'' if r is None else r['n']} | "
                              f"{row['deletion_auc']:.3f} | {row['insertion_auc']:.3f} |")  # fmt: skip
         lines.append("")
+    cam = _load(config.RESULTS_DIR / "03_evaluate" / "cam_layers.json")
+    if cam and cam.get("models"):
+        lines += ["CAM layer per model, chosen by Grad-CAM's pointing game on the external *train* "
+                  "groups' boxes (the test groups below stay held out):", "",
+                  "| model | layer: pointing on train groups (%) | chosen |", "|---|---|---|"]  # fmt: skip
+        for name, r in cam["models"].items():
+            cells = ", ".join(f"`{layer}` {100 * v['pointing']:.1f}" for layer, v in r["scores"].items())
+            lines.append(f"| {name} | {cells} | `{r['layer']}` |")
+        lines.append("")
     if ext_sal and ext_sal.get("models"):
         lines += ["Saliency on the external tumour boxes (held-out Br35H groups): pointing game (map peak "
                   "inside the box) and share of the map's energy inside the box, against the image centre:",
