@@ -95,7 +95,9 @@ def section(preset: str = "quick") -> str:
                   "groups' boxes (the test groups below stay held out):", "",
                   "| model | layer: pointing on train groups (%) | chosen |", "|---|---|---|"]  # fmt: skip
         for name, r in cam["models"].items():
-            cells = ", ".join(f"`{layer}` {100 * v['pointing']:.1f}" for layer, v in r["scores"].items())
+            cells = ", ".join(
+                f"`{layer}` {100 * v['pointing']:.1f}" for layer, v in r["scores"].items()
+            )
             lines.append(f"| {name} | {cells} | `{r['layer']}` |")
         lines.append("")
     if ext_sal and ext_sal.get("models"):
