@@ -114,6 +114,10 @@ def jupyterlab(models_dir: Path, processed_dir: Path, workdir: Path):
            "JUPYTER_RUNTIME_DIR": str(workdir / "jrun"), "IPYTHONDIR": str(workdir / "ipy")}  # fmt: skip
     for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
         env.pop(var, None)
+    # no "news" pop-up over what the screenshots should show (a user setting, so in this config dir)
+    notification = workdir / "jcfg" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True, exist_ok=True)
+    (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     warm_seconds = warm_up(env)
     cmd = [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
