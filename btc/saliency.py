@@ -32,9 +32,9 @@ def saliency_report(
     """Saliency figures, sanity check and faithfulness for trained models on the test split.
 
     The CAM methods use each model's layer from `cam_layers` (`choose_cam_layers`), else its last
-    convolutional layer. Writes `results/saliency_maps/<model>/<class>/<file>.png` (scan and every method, titled
-    with truth, prediction and calibrated confidence), `results/03_evaluate/<model>_sanity.png`
-    and `results/03_evaluate/saliency_report.json`.
+    convolutional layer. Writes `results/saliency_maps/<model>/<class>/<file>.png` (scan and
+    every method, titled with truth, prediction and calibrated confidence),
+    `results/03_evaluate/<model>_sanity.png` and `results/03_evaluate/saliency_report.json`.
 
     Returns:
         The report: per model, the sanity-check table and the faithfulness table.
@@ -69,8 +69,9 @@ def saliency_report(
                 path=results_dir / "saliency_maps" / name / truth / f"{Path(test.loc[i, 'path']).stem}.png",
             )  # fmt: skip
             plt_close()
-        entry = {"cam_layer": layer, "faithfulness": faithfulness_table(model, explainer, images, targets, methods,
-                                                    n_bootstrap, seed).to_dict("records")}  # fmt: skip
+        faithfulness = faithfulness_table(model, explainer, images, targets, methods, n_bootstrap,
+                                          seed).to_dict("records")  # fmt: skip
+        entry = {"cam_layer": layer, "faithfulness": faithfulness}
         if sanity_check:
             table = cascading_randomisation(model, layer, images[:sanity_images],
                                             targets[:sanity_images], methods, seed=seed)  # fmt: skip
