@@ -41,10 +41,8 @@ def _variant(name: str, quantize: str, models_dir: Path, manifest: Path):
 NOISE_LEVELS = (1, 2)  # gray levels of 255
 
 
-def noise_agreement(model, meta: dict, frame, top1: np.ndarray, seed: int = 0) -> dict[str, float]:
+def noise_agreement(model, images: np.ndarray, top1: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Top-1 agreement of a Keras model with itself under ±k/255 uniform input noise, per k."""
-    images = np.concatenate([x.numpy() for x, _ in datasets.make_dataset(
-        frame, "test", meta["image_size"], 64, augment=False, shuffle=False, cache=False)])  # fmt: skip
     rng = np.random.default_rng(seed)
     found = {}
     for level in NOISE_LEVELS:
@@ -71,8 +69,9 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
     for name in names:
         model, meta = artifacts.load_trained(name, models_dir)
         sizes[name] = meta["image_size"]
-        x1 = next(iter(datasets.make_dataset(frame, "test", meta["image_size"], 1, augment=False,
-                                         shuffle=False, cache=False)))[0].numpy()  # fmt: skip
+        images = np.concatenate([x.numpy() for x, _ in datasets.make_dataset(
+            frame, "test", meta["image_size"], 64, augment=False, shuffle=False, cache=False)])  # fmt: skip
+        x1 = images[:1]
         probs, labels = datasets.predict_split(model, meta, frame, "test")
         keras_top1 = probs.argmax(1)
         variants = [("keras", model, (models_dir / name / "model.keras").stat().st_size, probs)]
@@ -80,7 +79,7 @@ def main(models_dir: str | Path = config.MODELS_DIR, manifest: str | Path = conf
             lite, lite_meta = _variant(name, quantize, models_dir, manifest)
             lite_probs, _ = datasets.predict_split(lite, lite_meta, frame, "test")
             variants.append((quantize, lite, lite_meta["tflite_bytes"], lite_probs))
-        noise = noise_agreement(model, meta, frame, keras_top1)
+        noise = noise_agreement(model, images, keras_top1)
         for variant, runner, size, p in variants:
             ci = evaluate.bootstrap_ci(labels, p, n_bootstrap, class_names=meta["class_names"])
             extra = {"noise_agreement": noise} if variant == "keras" else {}
@@ -112,7 +111,8 @@ def markdown(rows: list[dict]) -> str:
     floors = [f"{r['model']} " + " / ".join(f"{100 * a:.1f} %" for a in r["noise_agreement"].values())
               for r in rows if "noise_agreement" in r]  # fmt: skip
     if floors:
-        levels = " / ".join(f"±{k}" for k in rows[0]["noise_agreement"])
+        first = next(r for r in rows if "noise_agreement" in r)
+        levels = " / ".join(f"±{k}" for k in first["noise_agreement"])
         lines += ["", f"Stability floor: each Keras model's top-1 agreement with itself under uniform "
                   f"input noise of {levels} gray levels (of 255): {'; '.join(floors)}. Int8 adds "
                   "errors of about that size inside the network."]  # fmt: skip
