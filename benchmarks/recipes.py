@@ -48,6 +48,8 @@ ROWS = {
           dict(recipe="one_phase", style_augment=True, external=True, class_weights=True)),
     "J": ("D + label smoothing 0.1",
           dict(recipe="one_phase", style_augment=True, external=True, label_smoothing=0.1)),
+    "K": ("D at 224 px (the ImageNet weights' own input size)",
+          dict(recipe="one_phase", style_augment=True, external=True, image_size=224)),
 }  # fmt: skip
 
 

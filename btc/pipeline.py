@@ -33,13 +33,15 @@ KERNEL_NAME = "btc"
 
 # TensorFlow's start-up lines: absl records (`I0000 00:00:1795.. 123 port.cc:153] oneDNN ..`,
 # `2025-01-01 10:00:00.0: I tensorflow/..cc:12] ..`), absl's pre-init notice, Python absl logging
-# and the continuation line of the CPU-instructions notice.
+# the continuation line of the CPU-instructions notice, and asyncio's note on a task that ipykernel
+# leaves pending when its kernel shuts down (harmless).
 TF_NOISE = re.compile(
     r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] \S+:\d+\]"
     r"|WARNING: All log messages before absl::InitializeLog\(\)"
     r"|(?:INFO|WARNING):absl:"
-    r"|To enable the following instructions: .* rebuild TensorFlow)"
+    r"|To enable the following instructions: .* rebuild TensorFlow"
+    r"|Task was destroyed but it is pending!|task: <Task pending name='Task-\d+' coro=<Kernel\.)"
 )
 
 

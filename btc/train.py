@@ -286,7 +286,7 @@ def train(
         ]  # fmt: skip
         model.fit(
             train_ds, validation_data=val_ds, initial_epoch=epoch0, epochs=epoch0 + epochs,
-            callbacks=cbs, verbose=verbose,
+            callbacks=cbs, verbose=verbose, shuffle=False,  # tf.data shuffles (Keras warns otherwise)
             class_weight=_class_weights(frame) if config.class_weights else None,
         )  # fmt: skip
         distribute.average_over_replicas(model, strategy)

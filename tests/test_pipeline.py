@@ -74,6 +74,9 @@ NOISE = [
     "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow "
     "with the appropriate compiler flags.",
     "WARNING:absl:Compiled the loaded model, but the compiled metrics have yet to be built.",
+    "Task was destroyed but it is pending!",
+    "task: <Task pending name='Task-78' coro=<Kernel.dispatch_control() running at "
+    "/x/ipykernel/kernelbase.py:372> wait_for=<Future pending cb=[Task.task_wakeup()]>",
 ]
 
 
