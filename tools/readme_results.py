@@ -1,11 +1,12 @@
 """Regenerate the README "Results" section from results/*.json (numbers are never typed by hand).
 
-Usage: `python tools/readme_results.py [PRESET]` after `make pipeline PRESET=...` (and `make bench` for the
+Usage: `python tools/readme_results.py [PRESET] [--also quick=DIR]` after `make pipeline PRESET=...` (and `make bench` for the
 benchmark table). Replaces the text between the results markers in README.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -31,7 +32,40 @@ def _load(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def section(preset: str = "quick") -> str:
+def stage_minutes(results_dir: Path) -> dict:
+    """Minutes each executed notebook in `results_dir` ran, from papermill's metadata."""
+    out = {}
+    for nb in sorted(results_dir.glob("0*.ipynb")):
+        duration = (
+            json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration")
+        )
+        if duration is not None:
+            out[nb.stem.split("_")[0]] = round(duration / 60, 1)
+    return out
+
+
+def times_line(results_dir: Path) -> str:
+    """One line with each stage's minutes and the total (empty without executed notebooks)."""
+    minutes = stage_minutes(results_dir)
+    if not minutes:
+        return ""
+    stages = ", ".join(f"{k} {v}" for k, v in minutes.items())
+    return f"Pipeline minutes on this machine: {stages} (total {sum(minutes.values()):.1f})."
+
+
+def other_preset(spec: str) -> list[str]:
+    """The test table and stage times of another preset's run, `NAME=RESULTS_DIR`."""
+    name, _, folder = spec.partition("=")
+    metrics = _load(Path(folder) / "metrics.json")
+    if metrics is None:
+        raise SystemExit(f"`--also` needs NAME=RESULTS_DIR with a metrics.json. Received: {spec!r}")
+    training = _load(Path(folder) / "02_train" / "summary.json") or []
+    size = training[0]["image_size"] if training else "?"
+    return [f"`{name}` preset ({size} px), same split and code:", "", comparison_markdown(metrics),
+            times_line(Path(folder)), ""]  # fmt: skip
+
+
+def section(preset: str = "quick", also: list[str] | None = None) -> str:
     metrics = _load(config.RESULTS_DIR / "metrics.json")
     if metrics is None:
         return "_No results yet: run `make pipeline`, then `python tools/readme_results.py`._"
@@ -50,7 +84,11 @@ def section(preset: str = "quick") -> str:
         f"train/val). TTA: {metrics['tta']}.",
         "",
         comparison_markdown(metrics),
+        times_line(config.RESULTS_DIR),
+        "",
     ]
+    for spec in also or []:
+        lines += other_preset(spec)
     if training:
         lines += ["Training (02):", "", "| model | params | epochs | minutes | best val acc |",
                   "|---|---|---|---|---|"]  # fmt: skip
@@ -174,14 +212,14 @@ def section(preset: str = "quick") -> str:
     return "\n".join(lines)
 
 
-def main(preset: str = "quick") -> None:
+def main(preset: str = "quick", also: list[str] | None = None) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text:
         raise SystemExit(f"README.md has no {START} marker")
     new = re.sub(
         f"{re.escape(START)}.*{re.escape(END)}",
-        f"{START}\n{section(preset)}\n{END}",
+        f"{START}\n{section(preset, also)}\n{END}",
         text,
         flags=re.S,
     )
@@ -190,4 +228,9 @@ def main(preset: str = "quick") -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "quick")  # the preset the results came from
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", nargs="?", default="quick", help="the preset results/ came from")
+    parser.add_argument("--also", nargs="*", default=[], metavar="NAME=RESULTS_DIR",
+                        help="another preset's results folder, shown after the main table")  # fmt: skip
+    args = parser.parse_args()
+    main(args.preset, args.also)
