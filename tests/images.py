@@ -54,3 +54,9 @@ def encoded(array: np.ndarray, fmt: str = "JPEG", **kwargs) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, fmt, **kwargs)
     return buf.getvalue()
+
+
+def noise(seed: int = 0, colour: bool = False) -> np.ndarray:
+    """96×96 uniform uint8 noise, gray or RGB: nothing like a scan."""
+    shape = (96, 96, 3) if colour else (96, 96)
+    return (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)

@@ -1,4 +1,4 @@
-"""Tests of btc.data: index, audit, split, manifest and tf.data (duplicates: test_dedup.py)."""
+"""Tests of btc.data: index, audit, split and the preprocessing stage (duplicates: test_dedup.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from btc import config, data, datasets, dedup
-from btc import images as btc_images
+from btc import config, data, datasets
 from tests import images
 
 # --- index and bad input -------------------------------------------------------------------------
@@ -38,12 +36,6 @@ def messy_dir(tmp_path) -> Path:
     images.save(tr / "meningioma" / "Ünïcødé scan ñ.jpg", images.brain_like(80, 94))
     (root / "Testing" / "pituitary").mkdir(parents=True)  # empty class folder
     return root
-
-
-def test_detect_format_reads_content_not_extension():
-    assert btc_images.detect_format(images.encoded(images.brain_like(40), "PNG")[:16]) == "png"
-    assert btc_images.detect_format(images.encoded(images.brain_like(40), "JPEG")[:16]) == "jpeg"
-    assert btc_images.detect_format(b"hello world, no image") == "unknown"
 
 
 def test_index_reports_every_bad_file_and_keeps_the_rest(messy_dir, caplog):
@@ -75,12 +67,6 @@ def test_index_reports_every_bad_file_and_keeps_the_rest(messy_dir, caplog):
     assert data.audit(index)["unreadable"]["path"].map(lambda p: Path(p).name).tolist() == sorted(
         expected_errors, key=lambda n: str(messy_dir / "Training" / "glioma" / n)
     )
-
-
-def test_sixteen_bit_png_is_scaled_not_clipped():
-    arr = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
-    gray = np.asarray(btc_images.to_grayscale(Image.fromarray(arr)))
-    assert gray.min() == 0 and gray.max() == 255 and len(np.unique(gray)) > 200
 
 
 def test_stage_survives_bad_files_and_writes_a_manifest(messy_dir, tmp_path):
@@ -133,11 +119,6 @@ def test_shortcut_table_shows_colour_mode_predicts_class(full_index):
 # --- split -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_groups(full_index):
-    return dedup.find_duplicates(full_index, threshold=4)[1]
-
-
 def test_grouped_split_has_no_leakage_and_is_stratified(full_index, real_groups):
     cfg = config.PreprocessConfig()
     manifest, report = data.split_dataset(full_index, real_groups, cfg)
@@ -165,87 +146,3 @@ def test_official_split_drops_leaked_test_images(full_index, real_groups):
     assert dropped == report["official_leakage"]["testing_images_with_training_copy"] > 0
     assert set(manifest.loc[manifest.split == "test", "official_split"]) == {"Testing"}
     assert datasets.crossing_groups(manifest) == 0
-
-
-def test_manifest_write_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "manifest.csv"
-    good = pd.DataFrame(
-        [["a", "s", "glioma", "train", 0, "", "jpeg", "L"]], columns=datasets.MANIFEST_COLUMNS
-    )
-    datasets.write_manifest(good, path, {"params": {}})
-    before = path.read_bytes()
-
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(pd.DataFrame, "to_csv", boom)
-    with pytest.raises(OSError):
-        datasets.write_manifest(good, path, {"params": {}})
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "manifest.json"]
-
-
-# --- tf.data ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sample_manifest(real_sample, tmp_path_factory):
-    cfg = config.PreprocessConfig(data_dir=real_sample, workers=1)
-    out = tmp_path_factory.mktemp("m") / "manifest.csv"
-    return data.preprocess(cfg, manifest_path=out)["manifest"]
-
-
-def test_pipeline_yields_grayscale_replicated_unit_range_tensors(sample_manifest):
-    ds = datasets.make_dataset(sample_manifest, "val", image_size=72, batch_size=4)
-    x, y = next(iter(ds))
-    x = x.numpy()
-    assert x.shape == (4, 72, 72, 3) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
-    assert np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2])
-    val = sample_manifest[sample_manifest.split == "val"]
-    expected = val["class"].map(config.CLASS_NAMES.index).to_numpy()[:4]
-    assert np.array_equal(y.numpy(), expected)
-
-
-def test_training_pipeline_augments_and_stays_in_range(sample_manifest):
-    plain = datasets.make_dataset(sample_manifest, "train", 64, 8, augment=False, shuffle=False)
-    augmented = datasets.make_dataset(sample_manifest, "train", 64, 8, augment=True, shuffle=False)
-    (x0, y0), (x1, y1) = next(iter(plain)), next(iter(augmented))
-    assert np.array_equal(y0, y1)
-    assert not np.allclose(x0, x1)
-    assert 0.0 <= x1.numpy().min() and x1.numpy().max() <= 1.0
-
-
-def test_make_dataset_rejects_bad_arguments(sample_manifest):
-    with pytest.raises(ValueError, match=r"`split` must be one of .* Received: split='testing'"):
-        datasets.make_dataset(sample_manifest, "testing")
-    with pytest.raises(ValueError, match="image_size"):
-        datasets.make_dataset(sample_manifest, "train", image_size=8)
-
-
-# --- the source shortcut ---------------------------------------------------------------------------
-
-
-def test_image_cues_see_border_and_exposure():
-    from btc import shortcut
-
-    framed = np.zeros((100, 100), np.uint8)
-    framed[:10], framed[-10:] = 255, 255  # a bright frame, like a scanned film's border
-    cues = dict(zip(shortcut.CUE_NAMES, shortcut.image_cues(framed)))
-    assert abs(sum(cues[f"hist_{i}"] for i in range(16)) - 1) < 1e-6
-    assert cues["border_mean"] > 0.3 and cues["dark_fraction"] == pytest.approx(0.8)
-    assert shortcut.image_cues(255 - framed)[16] < cues["border_mean"]
-
-
-def test_likely_source_and_shortcut_size_on_the_real_set(full_index, real_groups):
-    from btc import shortcut
-
-    sources = shortcut.likely_source(full_index)
-    assert (sources[full_index["class"] == "notumor"] == "br35h").all()
-    assert 3000 <= (sources == "figshare").sum() <= 3064  # the figshare set has 3064 slices
-    manifest, _ = data.split_dataset(full_index, real_groups, config.PreprocessConfig())
-    assert set(manifest["source"]) == set(shortcut.SOURCES)
-    table = shortcut.shortcut_size(full_index, manifest, n_bootstrap=200).set_index("cues")
-    everything = table.loc["size + file + intensity"]
-    assert everything["ci_low"] > 0.5  # cues with no anatomy predict the class far above chance
-    assert everything["test_accuracy"] >= table["test_accuracy"].max() - 0.05

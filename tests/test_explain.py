@@ -1,54 +1,12 @@
-"""Tests of btc.explain on a synthetic task whose evidence region is known."""
+"""Tests of btc.explain on a synthetic task whose evidence region is known (`quadrant_model`: conftest)."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 
-from btc import explain, models, saliency, train
-
-SIZE = 96
-# The plain CNN: its 6×6 last map resolves quadrants. The residual `cnn` (3×3 at 96 px) fails this
-# Grad-CAM check (mass share 0.20 against 0.25 by chance), which is why 03 chooses each model's
-# map method by the sanity check and the pointing game instead of assuming Grad-CAM.
-QUADRANT_MODEL = "cnn_plain"
-
-
-def _quadrant_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A square in every quadrant; the one with a stripe texture decides the class.
-
-    All four squares have the same mean brightness, so a map that merely follows image
-    intensity (as a randomised network's does) cannot single out the evidence quadrant.
-    """
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0.0, 0.1, (n, SIZE, SIZE, 1)).astype(np.float32)
-    y = rng.integers(0, 4, n)
-    masks = np.zeros((n, SIZE, SIZE), bool)
-    half, side = SIZE // 2, 16
-    stripes = np.where(np.arange(side) % 4 < 2, 1.0, 0.2)[:, None] * np.ones((1, side))
-    for i, label in enumerate(y):
-        for q in range(4):
-            oy, ox = (q // 2) * half, (q % 2) * half
-            top, left = oy + rng.integers(2, half - side - 2), ox + rng.integers(2, half - side - 2)
-            patch = stripes if q == label else np.full((side, side), 0.6)
-            x[i, top : top + side, left : left + side, 0] = patch
-            if q == label:
-                masks[i, oy : oy + half, ox : ox + half] = True
-    return np.repeat(x, 3, axis=-1), y, masks
-
-
-@pytest.fixture(scope="module")
-def quadrant_model():
-    keras.utils.set_random_seed(0)
-    x, y, _ = _quadrant_images(800, seed=0)
-    model = models.build_model(QUADRANT_MODEL, image_size=SIZE, weights=None)
-    train._compile(model, 1e-3)
-    model.fit(x, y, epochs=10, batch_size=32, verbose=0)
-    xt, yt, masks = _quadrant_images(24, seed=1)
-    accuracy = float((model.predict(xt, verbose=0).argmax(1) == yt).mean())
-    assert accuracy > 0.9, f"synthetic model did not learn the task ({accuracy:.2f})"
-    return model, xt, yt, masks
+from btc import explain, models
+from tests.conftest import QUADRANT_MODEL
 
 
 @pytest.mark.parametrize("method", ["gradcam", "smoothgrad"])
@@ -118,38 +76,3 @@ def test_describe_map_locates_the_mass():
     m[2:10, 30:38] = 1.0
     d = explain.describe_map(m)
     assert d["region"] == "upper right" and d["left_share"] == 0.0 and d["upper_share"] == 1.0
-
-
-def test_saliency_report_writes_titled_figures_and_json(tiny_models, tmp_path):
-    import json
-
-    models_dir, manifest = tiny_models
-    report = saliency.saliency_report(["cnn"], ["gradcam", "smoothgrad"], images_per_class=2,
-                                     sanity_images=4, manifest_path=manifest, models_dir=models_dir,
-                                     results_dir=tmp_path, n_bootstrap=100)  # fmt: skip
-    figures = list((tmp_path / "saliency_maps" / "cnn").glob("*/*.png"))
-    assert len(figures) >= 4 and {p.parent.name for p in figures} <= set(explain_classes())
-    saved = json.loads((tmp_path / "03_evaluate" / "saliency_report.json").read_text())
-    assert saved == json.loads(json.dumps(report))
-    faith = {row["method"] for row in report["models"]["cnn"]["faithfulness"]}
-    assert faith == {"gradcam", "smoothgrad", "random baseline", "centre-blob baseline"}
-    assert (tmp_path / "03_evaluate" / "cnn_sanity.png").is_file()
-
-
-def explain_classes():
-    from btc.config import CLASS_NAMES
-
-    return CLASS_NAMES
-
-
-def test_cam_layer_is_the_candidate_that_points_best(quadrant_model):
-    from btc import oodfeatures
-
-    model, x, y, masks = quadrant_model
-    candidates = oodfeatures.stage_layers(model, models.get_spec(QUADRANT_MODEL).gradcam_layer)
-    ranked = saliency.rank_cam_layers(model, candidates, x, y, masks)
-    assert len(candidates) >= 2 and set(ranked["scores"]) == set(candidates)
-    pointing = {layer: s["pointing"] for layer, s in ranked["scores"].items()}
-    assert pointing[ranked["layer"]] == max(pointing.values())
-    assert pointing[ranked["layer"]] > 0.5  # the evidence quadrant: chance is 0.25
-    assert all(0 <= s["energy"] <= 1 for s in ranked["scores"].values())

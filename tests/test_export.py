@@ -1,4 +1,4 @@
-"""Tests of btc.export and btc.litert: export in three variants, parity with Keras, runtime, CLI."""
+"""Tests of btc.export: three variants, parity with Keras, metadata, CLI (runtime: test_litert)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc import cli, datasets, export, predict
-from btc.litert import LiteRTModel
-
-TEMPERATURE = 0.5  # not 1 (a runtime that skipped it is caught); sharpens the tiny models' outputs
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_models, tmp_path_factory):
-    """A copy of the tiny models (temperature 0.5), each exported in all three variants."""
-    models_dir = tmp_path_factory.mktemp("litert") / "models"
-    shutil.copytree(tiny_models[0], models_dir, ignore=shutil.ignore_patterns("results"))
-    for name in ("cnn", "mobilenet"):
-        meta_path = models_dir / name / "metadata.json"
-        meta = json.loads(meta_path.read_text())
-        meta_path.write_text(json.dumps({**meta, "temperature": TEMPERATURE}))
-        for quantize in export.QUANTIZE:
-            export.export_tflite(name, quantize, models_dir=models_dir, manifest=tiny_models[1],
-                                 representative_images=40)  # fmt: skip
-    return models_dir, tiny_models[1]
+from btc import datasets, export, predict
+from tests.conftest import TEMPERATURE
 
 
 @pytest.fixture(scope="module")
@@ -99,25 +82,6 @@ def test_runtime_applies_the_training_preprocessing_and_temperature(exported, sc
     np.testing.assert_allclose(list(rec["probabilities"].values()), expected, atol=1e-5)
 
 
-def test_int8_io_is_quantised_and_handled_by_the_runtime(exported):
-    model, meta = export.load_litert("mobilenet", "int8", exported[0])
-    assert model.input["dtype"] == np.int8 and model.output["dtype"] == np.int8
-    assert meta["input"]["dtype"] == "int8" and meta["output"]["dtype"] == "int8"
-    assert meta["input"]["scale"] == pytest.approx(1 / 255, rel=1e-3)
-    assert meta["input"]["zero_point"] == -128
-    assert (
-        meta["output"]["scale"] == pytest.approx(1 / 256) and meta["output"]["zero_point"] == -128
-    )
-    assert meta["float_ops"] == []  # every op runs in int8
-    pixels = np.arange(256, dtype=np.float32) / 255
-    q = model._quantise(pixels, model.input)
-    np.testing.assert_array_equal(q.astype(int), np.arange(256) - 128)  # lossless for 8-bit pixels
-    batch = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
-    out = model.predict_on_batch(batch)
-    assert out.dtype == np.float32 and out.shape == (3, 4)
-    np.testing.assert_allclose(out.sum(1), 1, atol=0.02)
-
-
 def test_metadata_round_trips(exported):
     models_dir, manifest = exported
     source = json.loads((models_dir / "cnn" / "metadata.json").read_text())
@@ -168,16 +132,6 @@ def test_saliency_needs_the_keras_model(exported, scans):
         predict.saliency_for(rec, models)
     with pytest.raises(ValueError, match="`runtime` must match"):
         predict.predict(scans[:1], "cnn", models, runtime="keras")
-
-
-def test_missing_runtime_says_how_to_install(exported, scans, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-    with pytest.raises(ImportError, match=r"pip install 'btc\[litert\]'"):
-        predict.load_models(["cnn"], exported[0], runtime="litert")
-    with pytest.raises(ImportError, match=r"pip install 'btc\[litert\]'"):
-        LiteRTModel(export.tflite_path("cnn", "none", exported[0]))
-    assert cli.main(["predict", scans[0], "--model", "cnn", "--runtime", "litert"]) == 2
-    assert "pip install 'btc[litert]'" in capsys.readouterr().err
 
 
 def test_bad_arguments_give_keras_style_errors(exported):

@@ -54,3 +54,9 @@ def test_the_checker_sees_cycles_floors_and_repeats(tmp_path):
     assert house.repeated_blocks(tmp_path) == [["a.py:1", "b.py:2"]]
     (tmp_path / "b.py").write_text("from btc.a import _hidden\n")
     assert house.private_imports(tmp_path) == ["b.py: from btc.a import _hidden"]
+
+
+def test_every_module_has_its_own_test_file():
+    modules = sorted(p.stem for p in house.PACKAGE.glob("*.py") if p.stem != "__init__")
+    missing = [m for m in modules if not (ROOT / "tests" / f"test_{m}.py").is_file()]
+    assert not missing, f"btc modules without tests/test_<module>.py: {', '.join(missing)}"

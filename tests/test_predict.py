@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import config, datasets, inputs, predict
+from btc import config, datasets, predict
 from btc import images as btc_images
-from tests import images
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +84,6 @@ def test_ensemble_record_carries_every_member(loaded, test_files):
     np.testing.assert_allclose(list(rec[0]["probabilities"].values()), mean, atol=1e-5)
     with pytest.raises(ValueError, match="Received: model='resnet'"):
         predict.predict(test_files[:1], "resnet", models)
-
-
-@pytest.mark.parametrize(
-    "content, fragment",
-    [(b"", "empty"), (b"GIF89a" + b"\0" * 40, "only JPEG and PNG"), (b"hello", "only JPEG and PNG"),
-     (images.png_bomb(), "decompression bomb")],
-)  # fmt: skip
-def test_bad_uploads_are_rejected_with_the_reason(content, fragment):
-    with pytest.raises(predict.ImageError, match=fragment):
-        inputs.check_image_bytes(content, "upload.jpg")
 
 
 def _cli(*args, env_dirs):

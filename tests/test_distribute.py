@@ -1,4 +1,4 @@
-"""A real 2-process MultiWorkerMirroredStrategy run: two workers on 127.0.0.1, `TF_CONFIG` each.
+"""Tests of btc.distribute: a real 2-process MultiWorkerMirroredStrategy run, `TF_CONFIG` each.
 
 Both workers run `btc.train.train(strategy="multiworker")` on the tiny real manifest (64 px, global
 batch 16, 1 epoch, CNN from random weights). Each also records its final weights through a
