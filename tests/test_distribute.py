@@ -144,3 +144,27 @@ def test_two_worker_multiworker_run_ends_with_identical_weights(tiny_manifest, t
     assert not (models_dir / "cnn" / "run").exists()
     assert sorted(p.name for p in (results_dir / "02_train").iterdir()) == ["cnn_curves.png"]
     assert sorted(p.name for p in results_dir.iterdir()) == ["02_train"]
+
+
+def test_strategy_names_are_checked_and_the_default_has_one_replica():
+    from btc import distribute
+
+    with pytest.raises(ValueError, match=r"`strategy`.*'mirrored'.*Received: strategy='tpu'"):
+        distribute.get_strategy("tpu")
+    assert distribute.get_strategy("default").num_replicas_in_sync == 1
+
+
+def test_one_replica_keeps_its_batchnorm_statistics_and_shards_are_by_element():
+    import tensorflow as tf
+
+    from btc import distribute
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(inputs))
+    model.layers[-1].moving_mean.assign(np.arange(4.0))
+    distribute.average_over_replicas(model, distribute.get_strategy("default"))
+    np.testing.assert_array_equal(model.layers[-1].moving_mean.numpy(), np.arange(4.0))
+    sharded = distribute.shard_by_element(tf.data.Dataset.range(4))
+    policy = sharded.options().experimental_distribute.auto_shard_policy
+    assert policy == tf.data.experimental.AutoShardPolicy.DATA
+    assert list(sharded.as_numpy_iterator()) == [0, 1, 2, 3]
