@@ -32,8 +32,8 @@ def test_no_module_over_400_lines_and_no_private_import():
     assert report["private_imports"] == []
 
 
-def test_no_repeated_block_of_six_lines():
-    assert house.repeated_blocks() == []
+def test_no_repeated_block_of_six_lines():  # anywhere: the package, tests, benchmarks, tools
+    assert house.repeated_blocks(also=[ROOT / d for d in ("tests", "benchmarks", "tools")]) == []
 
 
 def test_the_checker_sees_cycles_floors_and_repeats(tmp_path):
@@ -52,6 +52,11 @@ def test_the_checker_sees_cycles_floors_and_repeats(tmp_path):
     (tmp_path / "a.py").write_text(block)
     (tmp_path / "b.py").write_text("x = 1\n" + block)
     assert house.repeated_blocks(tmp_path) == [["a.py:1", "b.py:2"]]
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "t.py").write_text(block)
+    assert house.repeated_blocks(tmp_path, also=[tmp_path / "more"]) == [
+        ["a.py:1", "b.py:2", "more/t.py:1"]
+    ]
     (tmp_path / "b.py").write_text("from btc.a import _hidden\n")
     assert house.private_imports(tmp_path) == ["b.py: from btc.a import _hidden"]
 

@@ -70,10 +70,16 @@ def private_imports(package: Path = PACKAGE) -> list[str]:
     return found
 
 
-def repeated_blocks(package: Path = PACKAGE, size: int = BLOCK) -> list[list[str]]:
-    """Places where the same `size` consecutive non-blank, non-comment lines occur twice or more."""
+def repeated_blocks(package: Path = PACKAGE, size: int = BLOCK, also=()) -> list[list[str]]:
+    """Places where the same `size` consecutive non-blank, non-comment lines occur twice or more.
+
+    `also`: more folders whose `.py` files join the search (named `folder/file.py`), so a block
+    copied from the package into a test, a benchmark or a tool is found too.
+    """
     seen = defaultdict(list)
-    for path in sorted(package.glob("*.py")):
+    files = [(p, p.name) for p in sorted(package.glob("*.py"))]
+    files += [(p, f"{d.name}/{p.name}") for d in also for p in sorted(Path(d).glob("*.py"))]
+    for path, label in files:
         lines = [(i + 1, line.strip()) for i, line in enumerate(path.read_text().splitlines())]
         lines = [(i, s) for i, s in lines if s and not s.startswith(("#", '"""', "'''"))]
         for k in range(len(lines) - size + 1):
@@ -81,7 +87,7 @@ def repeated_blocks(package: Path = PACKAGE, size: int = BLOCK) -> list[list[str
             if sum(len(s) > 12 for s in window) < size - 1:  # skip runs of `)` / `]` / `else:`
                 continue
             seen[hashlib.sha1("\n".join(window).encode()).hexdigest()].append(
-                f"{path.name}:{lines[k][0]}"
+                f"{label}:{lines[k][0]}"
             )
     groups, covered = [], set()
     for places in seen.values():
