@@ -259,6 +259,11 @@ def train(
         phases = [("scratch", epochs, config.lr_head)]  # a random backbone gets the same budget
     history_csv = work / "history.csv"
     start, epoch0, phase_starts = time.perf_counter(), 0, []
+    if verbose:  # one line per model, so a streamed log says what the epoch lines belong to
+        n_ext = 0 if ext_rows is None else len(ext_rows) // config.external_repeat
+        print(f"training {config.name} ({config.model}, {config.image_size} px): "
+              f"{sum(p[1] for p in phases)} epochs, {int((frame.split == 'train').sum())} scans + "
+              f"{n_ext} external tumour scans", flush=True)  # fmt: skip
     for phase, epochs, lr in phases:
         marker = work / f"{phase}.done.weights.h5"
         set_trainable(model, phase, config.finetune_fraction)
@@ -296,6 +301,9 @@ def train(
     history = pd.read_csv(history_csv).drop_duplicates("epoch", keep="last").reset_index(drop=True)
     history["phase"] = [_phase_of(e, phase_starts, phases) for e in history["epoch"]]
     best = history.loc[history["val_loss"].idxmin()]
+    if verbose:
+        print(f"{config.name}: best val accuracy {best['val_accuracy']:.3f} at epoch "
+              f"{int(best['epoch']) + 1}, {seconds / 60:.1f} min", flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     artifacts.save_model_atomic(model, out / artifacts.MODEL_FILE)
     with atomic_path(out / "history.csv") as tmp:

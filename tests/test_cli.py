@@ -99,7 +99,14 @@ def test_train_runs_one_epoch_at_64_px_and_writes_the_model(tiny_manifest, tmp_p
     assert str(models_dir / "cnn") in out
 
 
-def test_evaluate_writes_metrics_reports_and_cards(tiny_models_copy, tiny_models, tmp_path, capsys):
+def _raise(exc, code):  # a failing stage shows its traceback here, not only the one-line message
+    raise exc
+
+
+def test_evaluate_writes_metrics_reports_and_cards(
+    tiny_models_copy, tiny_models, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(cli, "_fail", _raise)  # (one unexplained failure in a CI rehearsal)
     models_dir, manifest = tiny_models_copy
     results = tmp_path / "results"
     argv = ["evaluate", "--preset", "smoke", "--manifest", manifest, "--models-dir", str(models_dir),

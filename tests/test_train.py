@@ -51,12 +51,15 @@ def test_loss_falls_on_a_tiny_real_subset(tiny_manifest):
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="shared MobileNet weights not found")
-def test_two_phase_run_writes_complete_artifacts(tiny_manifest, tmp_path):
+def test_two_phase_run_writes_complete_artifacts(tiny_manifest, tmp_path, capsys):
     cfg = train.TrainConfig(
         model="mobilenet", image_size=64, batch_size=16, epochs_head=1, epochs_finetune=1,
         weights=str(SHARED_WEIGHTS), alpha=0.25, class_weights=True, recipe="two_phase",
     )  # fmt: skip
-    meta = train.train(cfg, tiny_manifest, tmp_path / "models", tmp_path / "results", verbose=0)
+    meta = train.train(cfg, tiny_manifest, tmp_path / "models", tmp_path / "results", verbose=2)
+    shown = capsys.readouterr().out  # the log names the model before its epoch lines
+    assert shown.startswith("training mobilenet (mobilenet, 64 px): 2 epochs, ")
+    assert f"best val accuracy {meta.best_val_accuracy:.3f} at epoch {meta.best_epoch}" in shown
     folder = tmp_path / "models" / "mobilenet"
     assert json.loads((folder / "metadata.json").read_text()) == meta.to_dict()
     assert meta.image_size == 64 and meta.class_names == tuple(config.CLASS_NAMES)  # typed
