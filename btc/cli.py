@@ -101,7 +101,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trained = []
     try:
         for cfg in configs:
-            print(f"training {cfg.name} ({cfg.image_size} px, {cfg.recipe})", flush=True)
             trained.append(train.train(cfg, manifest, models_dir, results_dir, verbose=2))
     except (ValueError, FileNotFoundError, models.WeightsUnavailableError) as exc:
         return _fail(exc, 1)

@@ -260,9 +260,10 @@ def train(
     history_csv = work / "history.csv"
     start, epoch0, phase_starts = time.perf_counter(), 0, []
     if verbose:  # one line per model, so a streamed log says what the epoch lines belong to
+        n_epochs = sum(epochs for _, epochs, _ in phases)
         n_ext = 0 if ext_rows is None else len(ext_rows) // config.external_repeat
-        print(f"training {config.name} ({config.model}, {config.image_size} px): "
-              f"{sum(p[1] for p in phases)} epochs, {int((frame.split == 'train').sum())} scans + "
+        print(f"training {config.name} ({config.model}, {config.image_size} px): {n_epochs} "
+              f"epoch{'s' * (n_epochs != 1)}, {int((frame.split == 'train').sum())} scans + "
               f"{n_ext} external tumour scans", flush=True)  # fmt: skip
     for phase, epochs, lr in phases:
         marker = work / f"{phase}.done.weights.h5"

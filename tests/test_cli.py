@@ -89,6 +89,7 @@ def test_train_runs_one_epoch_at_64_px_and_writes_the_model(tiny_manifest, tmp_p
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert re.search(r"\n\d+/\d+ - \d+s - .* - val_accuracy: [\d.]+", out)  # Keras' epoch line
+    assert out.startswith("training cnn (cnn, 64 px): 1 epoch, ")  # which model the lines are of
     meta = json.loads((models_dir / "cnn" / "metadata.json").read_text())
     assert (meta["image_size"], meta["epochs_run"]) == (64, 1)
     assert meta["config"]["batch_size"] == 16 and meta["config"]["weights"] == "none"
