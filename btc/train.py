@@ -259,12 +259,13 @@ def train(
         phases = [("scratch", epochs, config.lr_head)]  # a random backbone gets the same budget
     history_csv = work / "history.csv"
     start, epoch0, phase_starts = time.perf_counter(), 0, []
+    n_train = int((frame.split == "train").sum())
+    n_ext = 0 if ext_rows is None else len(ext_rows) // config.external_repeat
     if verbose:  # one line per model, so a streamed log says what the epoch lines belong to
         n_epochs = sum(epochs for _, epochs, _ in phases)
-        n_ext = 0 if ext_rows is None else len(ext_rows) // config.external_repeat
         print(f"training {config.name} ({config.model}, {config.image_size} px): {n_epochs} "
-              f"epoch{'s' * (n_epochs != 1)}, {int((frame.split == 'train').sum())} scans + "
-              f"{n_ext} external tumour scans", flush=True)  # fmt: skip
+              f"epoch{'s' * (n_epochs != 1)}, {n_train} scans + {n_ext} external tumour scans",
+              flush=True)  # fmt: skip
     for phase, epochs, lr in phases:
         marker = work / f"{phase}.done.weights.h5"
         set_trainable(model, phase, config.finetune_fraction)
@@ -319,10 +320,8 @@ def train(
         "gradcam_layer": spec.gradcam_layer,
         "config": config.to_dict(),
         "manifest_sha256": datasets.file_sha256(manifest_path) if manifest_path else None,
-        "train_images": int((frame.split == "train").sum()),
-        "external_train_images": 0
-        if ext_rows is None
-        else int(len(ext_rows) // config.external_repeat),
+        "train_images": n_train,
+        "external_train_images": int(n_ext),
         "val_images": int((frame.split == "val").sum()),
         "versions": artifacts.package_versions(),
         "params_total": int(model.count_params()),
