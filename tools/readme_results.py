@@ -53,7 +53,7 @@ def times_line(results_dir: Path) -> str:
     return f"Pipeline minutes on this machine: {stages} (total {sum(minutes.values()):.1f})."
 
 
-def other_preset(spec: str) -> list[str]:
+def other_preset(spec: str, manifest_sha256: str | None) -> list[str]:
     """The test table and stage times of another preset's run, `NAME=RESULTS_DIR`."""
     name, _, folder = spec.partition("=")
     metrics = _load(Path(folder) / "metrics.json")
@@ -61,7 +61,8 @@ def other_preset(spec: str) -> list[str]:
         raise SystemExit(f"`--also` needs NAME=RESULTS_DIR with a metrics.json. Received: {spec!r}")
     training = _load(Path(folder) / "02_train" / "summary.json") or []
     size = training[0]["image_size"] if training else "?"
-    return [f"`{name}` preset ({size} px), same split and code:", "", comparison_markdown(metrics),
+    split = "same split" if metrics.get("manifest_sha256") == manifest_sha256 else "ANOTHER split"
+    return [f"`{name}` preset ({size} px), {split}:", "", comparison_markdown(metrics),
             times_line(Path(folder)), ""]  # fmt: skip
 
 
@@ -88,7 +89,7 @@ def section(preset: str = "quick", also: list[str] | None = None) -> str:
         "",
     ]
     for spec in also or []:
-        lines += other_preset(spec)
+        lines += other_preset(spec, metrics.get("manifest_sha256"))
     if training:
         lines += ["Training (02):", "", "| model | params | epochs | minutes | best val acc |",
                   "|---|---|---|---|---|"]  # fmt: skip
