@@ -91,7 +91,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         p = _stage_params(args)
         configs = train.configs_for(
-            p.pop("models"), p.pop("epochs_cnn"), p.pop("mobilenet_alpha"), **p
+            p.pop("models"),
+            p.pop("epochs_cnn"),
+            p.pop("mobilenet_alpha"),
+            p.pop("image_sizes"),
+            **p,
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
         return _fail(exc, 2)

@@ -25,7 +25,7 @@ STAGE_NOTEBOOKS = {
     "evaluate": "03_evaluate.ipynb",
 }
 _TYPES: dict[str, type | tuple[type, ...]] = {
-    "int": int, "float": (int, float), "bool": bool, "str": str, "list": list,
+    "int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "dict": dict,
 }  # fmt: skip
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
@@ -108,6 +108,14 @@ def convert(name: str, kind: str, value: Any) -> Any:
         if text.startswith("["):
             return yaml.safe_load(text)
         return [part.strip() for part in text.split(",") if part.strip()]
+    if kind == "dict":
+        if text.startswith("{"):
+            return yaml.safe_load(text)
+        pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+        if any(not sep or not key.strip() for key, sep, _ in pairs):
+            raise ValueError(f"`{name}` must be NAME=VALUE pairs (`mobilenet=224,cnn=160`) or a "
+                             f"YAML mapping. Received: {name}={value!r}")  # fmt: skip
+        return {key.strip(): yaml.safe_load(val) for key, _, val in pairs}
     return value
 
 
@@ -122,7 +130,7 @@ def resolve(
             notebooks are ignored, keys that no notebook declares are rejected.
         overrides: Parameter name → value; strings (from the command line) are converted to
             the type the notebook declares (`"7"` → 7, `"false"` → False, `"cnn,mobilenet"` →
-            a list).
+            a list, `"mobilenet=224"` → a dict).
 
     Returns:
         A value for every parameter the stage's notebook declares, in the notebook's order.

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
@@ -363,7 +364,11 @@ def summary_table(metadatas: list[dict]) -> pd.DataFrame:
 
 
 def configs_for(
-    model_names: list[str] | str, epochs_cnn: int, mobilenet_alpha: float, **common
+    model_names: list[str] | str,
+    epochs_cnn: int,
+    mobilenet_alpha: float,
+    image_sizes: Mapping[str, int] | None = None,
+    **common,
 ) -> list[TrainConfig]:
     """Build one `TrainConfig` per model from the notebook's shared parameters.
 
@@ -371,13 +376,17 @@ def configs_for(
         model_names: Registry names (a list or a comma-separated string).
         epochs_cnn: Epochs of models trained from scratch (one phase).
         mobilenet_alpha: Width multiplier of MobileNet backbones.
+        image_sizes: Input size per model name (e.g. `{"mobilenet": 224}`); models not named
+            use `common["image_size"]`. Prediction, evaluation and the ensemble read each
+            model's size from its metadata, so members may differ.
         **common: Other `TrainConfig` fields, shared by every model.
 
     Returns:
         Validated configs, in the given order.
 
     Raises:
-        ValueError: On an unknown model name or parameter.
+        ValueError: On an unknown model name or parameter, or an `image_sizes` key that is not
+            one of the models trained.
     """
     if isinstance(model_names, str):
         model_names = [n.strip() for n in model_names.split(",") if n.strip()]
@@ -385,10 +394,17 @@ def configs_for(
         raise ValueError(
             f"`models` must name at least one of {models.model_names()}. Received: models=[]"
         )
+    image_sizes = dict(image_sizes or {})
+    stray = sorted(set(image_sizes) - set(model_names))
+    if stray:
+        raise ValueError(f"`image_sizes` keys must be among the models trained, {list(model_names)}. "
+                         f"Received: image_sizes={image_sizes!r}")  # fmt: skip
     configs = []
     for name in model_names:
         check_choice("models", name, models.model_names())
         extra = {"alpha": mobilenet_alpha} if name.startswith("mobilenet") else {}
+        if name in image_sizes:
+            extra["image_size"] = image_sizes[name]
         if not models.get_spec(name).transfer:
             extra.update(epochs_head=epochs_cnn, epochs_finetune=0, weights="none")
         configs.append(TrainConfig.from_params(common, model=name, **extra))

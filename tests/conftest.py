@@ -117,14 +117,22 @@ def tiny_manifest(real_sample, tmp_path_factory) -> str:
     return str(out)
 
 
+TINY_SIZES = {"cnn": 64, "mobilenet": 72}  # input size per tiny model
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tiny_manifest, tmp_path_factory):
-    """Two tiny models trained one epoch at 64 px on the sample: (models_dir, manifest)."""
+    """Two tiny models trained one epoch on the sample: (models_dir, manifest).
+
+    The CNN takes 64 px and MobileNet 72 px, as the cpu preset gives each model its own size:
+    every consumer (evaluation, the ensemble, prediction, saliency, OOD, export) must read each
+    model's size from its metadata.
+    """
     from btc import train
 
     models_dir = tmp_path_factory.mktemp("models")
-    for name in ("cnn", "mobilenet"):
-        cfg = train.TrainConfig(model=name, image_size=64, batch_size=16, epochs_head=1,
+    for name, size in TINY_SIZES.items():
+        cfg = train.TrainConfig(model=name, image_size=size, batch_size=16, epochs_head=1,
                                 epochs_finetune=1, alpha=0.25)  # fmt: skip
         train.train(cfg, tiny_manifest, models_dir, models_dir / "results", verbose=0)
     return models_dir, tiny_manifest

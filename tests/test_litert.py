@@ -31,7 +31,8 @@ def test_int8_io_is_quantised_and_handled_by_the_runtime(exported):
     pixels = np.arange(256, dtype=np.float32) / 255
     q = model._quantise(pixels, model.input)
     np.testing.assert_array_equal(q.astype(int), np.arange(256) - 128)  # lossless for 8-bit pixels
-    batch = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
+    size = int(model.input["shape"][1])  # MobileNet's own size (72 px), not the CNN's
+    batch = np.random.default_rng(0).random((3, size, size, 3), dtype=np.float32)
     out = model.predict_on_batch(batch)
     assert out.dtype == np.float32 and out.shape == (3, 4)
     np.testing.assert_allclose(out.sum(1), 1, atol=0.02)

@@ -33,9 +33,19 @@ def test_parameters_come_from_notebook_then_preset_then_command_line():
     assert "models" not in parameters.resolve("preprocess", "smoke")  # 02's key, not 01's
 
 
+def test_a_dict_parameter_takes_pairs_or_yaml_from_the_command_line():
+    for text in ("mobilenet=224, cnn=160", "{mobilenet: 224, cnn: 160}"):
+        sizes = parameters.resolve("train", overrides={"image_sizes": text})["image_sizes"]
+        assert sizes == {"mobilenet": 224, "cnn": 160}
+    with pytest.raises(ValueError, match=r"`image_sizes` must be NAME=VALUE pairs .*"
+                       r"Received: image_sizes='mobilenet:224'"):  # fmt: skip
+        parameters.resolve("train", overrides={"image_sizes": "mobilenet:224"})
+
+
 def test_notebook_parameters_read_the_cell_with_types_defaults_and_help():
     params = parameters.notebook_parameters(config.NOTEBOOKS_DIR / "02_train.ipynb")
-    assert params["image_size"] == {"type": "int", "default": 128, "help": "299 for the GPU preset"}
+    assert params["image_size"]["type"] == "int" and params["image_size"]["default"] == 128
+    assert params["image_sizes"]["type"] == "dict" and params["image_sizes"]["default"] == {}
     assert params["models"]["type"] == "list" and params["external"]["default"] is True
     for nb in pipeline.notebooks():
         assert list(parameters.notebook_parameters(nb)) == list(pipeline.declared_parameters(nb))

@@ -26,6 +26,16 @@ def test_train_config_validates_and_builds_per_model_configs():
     assert (mobile.alpha, mobile.seed, mobile.weights) == (0.25, 1, "imagenet")
     with pytest.raises(ValueError, match="Unknown TrainConfig parameter"):
         train.configs_for(["cnn"], epochs_cnn=1, mobilenet_alpha=0.25, epochs=3)
+    cnn, mobile = train.configs_for(["cnn", "mobilenet"], epochs_cnn=7, mobilenet_alpha=0.25,
+                                    image_sizes={"mobilenet": 224}, image_size=128)  # fmt: skip
+    assert (cnn.image_size, mobile.image_size) == (128, 224)  # a size per model
+    with pytest.raises(ValueError, match=r"`image_sizes` keys must be among the models trained, "
+                       r"\['cnn'\]. Received: image_sizes=\{'xception': 299\}"):  # fmt: skip
+        train.configs_for(
+            ["cnn"], epochs_cnn=1, mobilenet_alpha=0.25, image_sizes={"xception": 299}
+        )
+    with pytest.raises(ValueError, match=r"`image_size` must be in \[32, 1024\]"):
+        train.configs_for(["cnn"], epochs_cnn=1, mobilenet_alpha=0.25, image_sizes={"cnn": 8})
 
 
 def test_phases_freeze_backbone_and_keep_batchnorm_in_inference_mode():
