@@ -120,7 +120,8 @@ def recommended(models_dir: str | Path = MODELS_DIR) -> dict[str, str]:
     The model is the ensemble only if it beat its best member on validation (`ensemble.json`'s
     `default_model`); the method is the one that passed the sanity check (CI below 0.5) and
     pointed best at external tumour boxes (`saliency.json`), for the chosen model or, for the
-    ensemble, its heaviest member. Without those files: the ensemble and Grad-CAM.
+    ensemble, its heaviest member. With a single trained model (a preset that trains one), that
+    model. Without those files: the ensemble and Grad-CAM.
 
     Returns:
         `{"model": name, "saliency_method": method, "why": text}`.
@@ -132,7 +133,11 @@ def recommended(models_dir: str | Path = MODELS_DIR) -> dict[str, str]:
     model = choice.get("default_model", ENSEMBLE)
     weights = choice.get("weights") or {ENSEMBLE: 1.0}
     member = model if model != ENSEMBLE else max(weights, key=weights.get)
-    if not choice:
+    trained = trained_model_names(models_dir)
+    if len(trained) == 1:
+        model = member = trained[0]
+        why = "the only trained model"
+    elif not choice:
         why = "no choice recorded by 03 yet"
     elif model == ENSEMBLE:
         why = "the ensemble beat its best member on validation"

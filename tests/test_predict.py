@@ -137,6 +137,11 @@ def test_recommended_model_and_method_follow_03s_choices(tmp_path):
     (tmp_path / "ensemble.json").write_text(json.dumps(
         {"weights": {"cnn": 0.7, "mobilenet": 0.3}, "default_model": "ensemble"}))  # fmt: skip
     assert pr.recommended(tmp_path)["saliency_method"] == "gradcam"  # the heaviest member's
+    (tmp_path / "mobilenet").mkdir()  # a preset that trained one model: that model, its method
+    for name in ("model.keras", "metadata.json"):
+        (tmp_path / "mobilenet" / name).write_text("{}")
+    assert pr.recommended(tmp_path) == {"model": "mobilenet", "saliency_method": "smoothgrad",
+                                        "why": "the only trained model"}  # fmt: skip
 
 
 def test_demo_explains_at_the_cam_layer_03_chose_and_ignores_a_stale_one(tiny_models_copy):
