@@ -152,3 +152,17 @@ def test_mirrored_strategy_on_two_logical_cpu_devices(tiny_manifest, tmp_path):
                           cwd=PROJECT_ROOT, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "REPLICAS 2 1" in done.stdout
+
+
+def test_the_kept_weights_are_the_epoch_of_highest_validation_accuracy(tiny_models):
+    history = pd.DataFrame({"epoch": [0, 1, 2, 3], "val_accuracy": [0.5, 0.9, 0.7, 0.9],
+                            "val_loss": [0.2, 0.6, 0.5, 0.4]})  # fmt: skip
+    assert train.best_epoch_row(history)["epoch"] == 1  # not the lowest loss; the first of a tie
+    models_dir, manifest = tiny_models  # MobileNet: one phase of 2 epochs
+    model, meta = artifacts.load_trained("mobilenet", models_dir)
+    logged = pd.read_csv(models_dir / "mobilenet" / "history.csv")
+    assert meta.best_val_accuracy == logged["val_accuracy"].max() and meta.epochs_run == 2
+    probs, y = datasets.predict_split(
+        model, meta, pd.read_csv(manifest, keep_default_na=False), "val"
+    )
+    assert float((probs.argmax(1) == y).mean()) == pytest.approx(meta.best_val_accuracy, abs=1e-6)

@@ -53,6 +53,16 @@ def times_line(results_dir: Path) -> str:
     return f"Pipeline minutes on this machine: {stages} (total {sum(minutes.values()):.1f})."
 
 
+def sizes_text(training: list[dict]) -> str:
+    """Input sizes of a run's models: `160 px`, or `cnn 128 px, mobilenet 224 px` when they differ."""
+    sizes = {t["model"]: t["image_size"] for t in training}
+    if not sizes:
+        return "? px"
+    if len(set(sizes.values())) == 1:
+        return f"{next(iter(sizes.values()))} px"
+    return ", ".join(f"{name} {size} px" for name, size in sizes.items())
+
+
 def other_preset(spec: str, manifest_sha256: str | None) -> list[str]:
     """The test table and stage times of another preset's run, `NAME=RESULTS_DIR`."""
     name, _, folder = spec.partition("=")
@@ -60,9 +70,8 @@ def other_preset(spec: str, manifest_sha256: str | None) -> list[str]:
     if metrics is None:
         raise SystemExit(f"`--also` needs NAME=RESULTS_DIR with a metrics.json. Received: {spec!r}")
     training = _load(Path(folder) / "02_train" / "summary.json") or []
-    size = training[0]["image_size"] if training else "?"
     split = "same split" if metrics.get("manifest_sha256") == manifest_sha256 else "ANOTHER split"
-    return [f"`{name}` preset ({size} px), {split}:", "", comparison_markdown(metrics),
+    return [f"`{name}` preset ({sizes_text(training)}), {split}:", "", comparison_markdown(metrics),
             times_line(Path(folder)), ""]  # fmt: skip
 
 
@@ -78,7 +87,7 @@ def section(preset: str = "quick", also: list[str] | None = None) -> str:
     recipes = _load(config.RESULTS_DIR / "recipes.json")
     sizes = metrics["split_sizes"]
     lines = [
-        f"`{preset}` preset (CPU, {training[0]['image_size'] if training else '?'} px) on "
+        f"`{preset}` preset (CPU; {sizes_text(training)}) on "
         f"{platform.machine()} with {os.cpu_count()} CPU cores; leakage-free grouped split "
         f"(train {sizes.get('train')}, val {sizes.get('val')}, test {sizes.get('test')} images; "
         f"leakage check: {metrics['leakage']['test_images_leaked']} test images with a copy in "
@@ -91,10 +100,10 @@ def section(preset: str = "quick", also: list[str] | None = None) -> str:
     for spec in also or []:
         lines += other_preset(spec, metrics.get("manifest_sha256"))
     if training:
-        lines += ["Training (02):", "", "| model | params | epochs | minutes | best val acc |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {t['model']} | {t['params']:,} | {t['epochs']} | {t['minutes']} | "
-                  f"{100 * t['best_val_accuracy']:.1f} |" for t in training]  # fmt: skip
+        lines += ["Training (02):", "", "| model | params | px | epochs | minutes | best val acc |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {t['model']} | {t['params']:,} | {t['image_size']} | {t['epochs']} | "
+                  f"{t['minutes']} | {100 * t['best_val_accuracy']:.1f} |" for t in training]  # fmt: skip
         lines.append("")
     if recipes:
         lines += ["Recipe study (`benchmarks/recipes.py`; MobileNet α0.25 unless noted, same manifest; "
@@ -198,7 +207,7 @@ def section(preset: str = "quick", also: list[str] | None = None) -> str:
         "those were measured on the official split, where most Testing images have an exact, "
         "re-encoded or mirrored copy in Training, with RGB inputs that leak the source through colour "
         "mode, on a GPU at 299 px. btc's numbers come from a grouped split with no duplicate group "
-        "across splits, grayscale inputs, and the CPU preset (≤ 128 px, MobileNet α0.25 — the only "
+        "across splits, grayscale inputs, and CPU presets (128–224 px, MobileNet α0.25 — the only "
         "ImageNet weights available offline here), so they are lower and honest.",
         "",
     ]
