@@ -70,7 +70,8 @@ def run_row(key: str, work: Path, ext) -> dict:
     sens = external_sensitivity(model, meta, ext) if ext is not None else None
     return {"row": key, "recipe": label, "image_size": cfg.image_size, "model": cfg.model,
             "best_val_accuracy": round(meta["best_val_accuracy"], 4), "epochs": meta["epochs_run"],
-            "minutes": round(minutes, 1), "external_sensitivity": sens}  # fmt: skip
+            "minutes": round(minutes, 1), "external_sensitivity": sens,
+            "selection": train.MONITOR}  # the epoch kept  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
@@ -83,8 +84,12 @@ def table(rows: list[dict]) -> str:
             if s
             else "–"
         )
-        lines.append(f"| {r['row']} | {r['recipe']} | {r['image_size']} | "
+        mark = " ‡" if r.get("selection", "val_loss") == "val_loss" else ""
+        lines.append(f"| {r['row']}{mark} | {r['recipe']} | {r['image_size']} | "
                      f"{100 * r['best_val_accuracy']:.1f} | {ext} | {r['epochs']} | {r['minutes']} |")  # fmt: skip
+    if any(r.get("selection", "val_loss") == "val_loss" for r in rows):
+        lines += ["", "‡ kept the epoch of lowest validation loss (btc before 15414fd); its val acc is "
+                  "that epoch's. Later rows keep the epoch of highest validation accuracy."]  # fmt: skip
     return "\n".join(lines)
 
 
