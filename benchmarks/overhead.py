@@ -20,7 +20,7 @@ def main(repeats: int = 2) -> dict:
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])  # also fills the cache
     x, y = np.concatenate(xs), np.concatenate(ys)
     model = models.build_model("mobilenet", image_size=128, weights=None, alpha=0.25)
-    train.set_trainable(model, "finetune", 1.0)
+    models.set_trainable(model, "finetune", 1.0)
     train._compile(model, 1e-4)
     model.fit(ds.take(3), verbose=0)  # trace once
     real, memory = [], []

@@ -90,13 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     try:
         p = _stage_params(args)
-        configs = train.configs_for(
-            p.pop("models"),
-            p.pop("epochs_cnn"),
-            p.pop("mobilenet_alpha"),
-            p.pop("image_sizes"),
-            **p,
-        )
+        configs = train.configs_for(p.pop("models"), **p)  # epochs_cnn, image_sizes, ... by name
     except (ValueError, TypeError, FileNotFoundError) as exc:
         return _fail(exc, 2)
     manifest = Path(args.manifest or config.MANIFEST_PATH)

@@ -364,3 +364,32 @@ def partial_label_accuracy(y_true, y_pred):
     notumor = CLASS_NAMES.index("notumor")
     right = tf.where(tf.equal(y, k), tf.not_equal(pred, notumor), tf.equal(pred, y))
     return tf.cast(right, tf.float32)
+
+
+def set_trainable(model: keras.Model, phase: str, finetune_fraction: float = 0.3) -> int:
+    """Freeze or unfreeze backbone layers for a training phase; return trainable layer count.
+
+    Phase `"head"` freezes the whole backbone. Phase `"finetune"` unfreezes the top
+    `finetune_fraction` of backbone layers, keeping every BatchNormalization layer frozen (in
+    Keras 3 a frozen BN layer runs in inference mode, so its statistics are not disturbed).
+    Phases `"scratch"` (random initialisation) and `"all"` (one-phase fine-tuning) make every
+    layer trainable, BN included.
+    """
+    if phase in ("scratch", "all"):
+        for layer in model.layers:
+            layer.trainable = True
+        return sum(1 for layer in model.layers if layer.weights)
+    backbone = set(getattr(model, "backbone_layers", []))
+    ordered = [layer for layer in model.layers if layer.name in backbone]
+    first_unfrozen = len(ordered) - int(round(finetune_fraction * len(ordered)))
+    for layer in model.layers:
+        if layer.name not in backbone:
+            layer.trainable = True
+            continue
+        position = ordered.index(layer)
+        layer.trainable = (
+            phase == "finetune"
+            and position >= first_unfrozen
+            and not isinstance(layer, keras.layers.BatchNormalization)
+        )
+    return sum(1 for layer in model.layers if layer.trainable and layer.weights)

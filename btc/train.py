@@ -37,10 +37,8 @@ from btc.config import (
     check_range,
 )
 
-# The epoch kept (EarlyStopping, best checkpoint): validation accuracy, not loss. In a cpu-preset run
-# MobileNet's lowest validation loss came at epoch 3 of 14, in the noisy high-learning-rate start
-# of the cosine schedule (val acc 91.6 %), while the last epochs reached 93.3 %: their loss was
-# higher only because the model grew over-confident, which 03's temperature scaling removes.
+# The epoch kept: highest validation accuracy. The lowest loss came in the noisy high-LR start of the
+# schedule (later epochs: higher accuracy, over-confident loss, which temperature scaling fixes).
 MONITOR = "val_accuracy"
 RECIPES = ("one_phase", "two_phase")
 
@@ -134,35 +132,6 @@ class TrainConfig(StageConfig):
         return None if self.weights == "none" else self.weights
 
 
-def set_trainable(model: keras.Model, phase: str, finetune_fraction: float = 0.3) -> int:
-    """Freeze or unfreeze backbone layers for a training phase; return trainable layer count.
-
-    Phase `"head"` freezes the whole backbone. Phase `"finetune"` unfreezes the top
-    `finetune_fraction` of backbone layers, keeping every BatchNormalization layer frozen (in
-    Keras 3 a frozen BN layer runs in inference mode, so its statistics are not disturbed).
-    Phases `"scratch"` (random initialisation) and `"all"` (one-phase fine-tuning) make every
-    layer trainable, BN included.
-    """
-    if phase in ("scratch", "all"):
-        for layer in model.layers:
-            layer.trainable = True
-        return sum(1 for layer in model.layers if layer.weights)
-    backbone = set(getattr(model, "backbone_layers", []))
-    ordered = [layer for layer in model.layers if layer.name in backbone]
-    first_unfrozen = len(ordered) - int(round(finetune_fraction * len(ordered)))
-    for layer in model.layers:
-        if layer.name not in backbone:
-            layer.trainable = True
-            continue
-        position = ordered.index(layer)
-        layer.trainable = (
-            phase == "finetune"
-            and position >= first_unfrozen
-            and not isinstance(layer, keras.layers.BatchNormalization)
-        )
-    return sum(1 for layer in model.layers if layer.trainable and layer.weights)
-
-
 def _warmup_cosine(peak: float, steps: int, warmup_steps: int):
     decay_steps = max(steps - warmup_steps, 1)
     if warmup_steps:
@@ -223,9 +192,8 @@ def train(
     )
     if datasets.crossing_groups(frame, ["train", "val"]):  # test leakage is evaluation's gate
         raise ValueError("The manifest's train and val splits share duplicate groups; re-run 01")
-    strategy = distribute.get_strategy(
-        config.strategy
-    )  # before other TF calls (multi-worker needs that)
+    # the strategy before other TF calls (multi-worker needs that)
+    strategy = distribute.get_strategy(config.strategy)
     scratch = None
     if not strategy.extended.should_checkpoint:  # a non-chief worker: Keras/TF convention, it
         # writes the same files to `workertemp_<task>` (kept for resuming, removed at the end)
@@ -275,7 +243,7 @@ def train(
               flush=True)  # fmt: skip
     for phase, epochs, lr in phases:
         marker = work / f"{phase}.done.weights.h5"
-        set_trainable(model, phase, config.finetune_fraction)
+        models.set_trainable(model, phase, config.finetune_fraction)
         if marker.is_file():  # finished before a crash: reuse it, do not retrain
             model.load_weights(marker)
             epoch0 += epochs
@@ -362,9 +330,7 @@ def _phase_of(epoch: int, starts: list[int], phases: list) -> str:
 
 
 def best_epoch_row(history: pd.DataFrame) -> pd.Series:
-    """The epoch whose weights a run keeps: the highest validation accuracy (`MONITOR`).
-
-    Keras' EarlyStopping keeps the first epoch that reaches the highest value, so this does too.
+    """The epoch whose weights a run keeps: the first with the highest validation accuracy.
 
     Args:
         history: One row per epoch with `epoch`, `val_accuracy` and `val_loss`.

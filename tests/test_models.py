@@ -116,3 +116,16 @@ def test_missing_imagenet_weights_give_a_clear_error(tmp_path, monkeypatch):
     assert "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     with pytest.raises(FileNotFoundError, match="Received: weights='/no/such.h5'"):
         models.build_model("mobilenet", image_size=96, weights="/no/such.h5")
+
+
+def test_phases_freeze_backbone_and_keep_batchnorm_in_inference_mode():
+    model = models.build_model("mobilenet", image_size=64, weights=None, alpha=0.25)
+    backbone = [layer for layer in model.layers if layer.name in model.backbone_layers]
+    head = [layer for layer in model.layers if layer.name not in model.backbone_layers]
+    models.set_trainable(model, "head")
+    assert not any(layer.trainable for layer in backbone) and all(layer.trainable for layer in head)
+    models.set_trainable(model, "finetune", finetune_fraction=0.5)
+    bns = [layer for layer in backbone if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and not any(layer.trainable for layer in bns)
+    convs = [layer for layer in backbone if isinstance(layer, keras.layers.Conv2D)]
+    assert convs[-1].trainable and not convs[0].trainable

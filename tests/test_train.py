@@ -38,19 +38,6 @@ def test_train_config_validates_and_builds_per_model_configs():
         train.configs_for(["cnn"], epochs_cnn=1, mobilenet_alpha=0.25, image_sizes={"cnn": 8})
 
 
-def test_phases_freeze_backbone_and_keep_batchnorm_in_inference_mode():
-    model = models.build_model("mobilenet", image_size=64, weights=None, alpha=0.25)
-    backbone = [layer for layer in model.layers if layer.name in model.backbone_layers]
-    head = [layer for layer in model.layers if layer.name not in model.backbone_layers]
-    train.set_trainable(model, "head")
-    assert not any(layer.trainable for layer in backbone) and all(layer.trainable for layer in head)
-    train.set_trainable(model, "finetune", finetune_fraction=0.5)
-    bns = [layer for layer in backbone if isinstance(layer, keras.layers.BatchNormalization)]
-    assert bns and not any(layer.trainable for layer in bns)
-    convs = [layer for layer in backbone if isinstance(layer, keras.layers.Conv2D)]
-    assert convs[-1].trainable and not convs[0].trainable
-
-
 def test_loss_falls_on_a_tiny_real_subset(tiny_manifest):
     keras.utils.set_random_seed(0)
     ds = datasets.make_dataset(tiny_manifest, "train", 64, 16, augment=False, shuffle=False)
