@@ -58,6 +58,9 @@ class Metadata(Mapping):
     temperature: float = 1.0
     temperature_fitted_on: str | None = None
     temperature_tta: float | None = None
+    calibration: str = "temperature"
+    class_bias: list[float] | None = None
+    class_bias_tta: list[float] | None = None
     strategy: str = "default"
     replicas: int = 1
     created: str = ""

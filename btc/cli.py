@@ -135,7 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate.evaluate(names, n_bootstrap=n, tta=p["tta"], use_ensemble=p["use_ensemble"],
                                    fit_ensemble=p["fit_ensemble"], allow_leaky=p["allow_leaky"],
-                                   seed=seed, **paths)  # fmt: skip
+                                   seed=seed, calibration_method=p["calibration"], **paths)  # fmt: skip
         ext = (names, manifest.with_name("external.csv"), models_dir, results_dir)
         cam = saliency.choose_cam_layers(*ext)["layers"]
         sal = saliency.saliency_report(names, p["saliency_methods"], p["saliency_images_per_class"],

@@ -213,6 +213,10 @@ def pairwise_mcnemar(labels: np.ndarray, probs: dict[str, np.ndarray]) -> list[d
 # --- the whole stage -----------------------------------------------------------------------------
 
 
+def _rounded(values: list[float] | None) -> list[float] | None:
+    return None if values is None else [round(v, 4) for v in values]
+
+
 def evaluate(
     model_names: Sequence[str] | None = None,
     manifest_path: str | Path | None = None,
@@ -225,10 +229,12 @@ def evaluate(
     allow_leaky: bool = False,
     batch_size: int = 64,
     seed: int = 0,
+    calibration_method: str = "auto",
 ) -> dict:
     """Evaluate trained models (and their ensemble) on the manifest's test split.
 
-    Fits one temperature per model on the validation split, stores it in the model's
+    Fits each model's calibration (temperature or vector scaling, see
+    `calibration.fit_calibration`) on the validation split, stores it in the model's
     `metadata.json`, and reports every metric before/after calibration with bootstrap CIs.
     Writes `results/metrics.json`, `results/03_evaluate/` (figures, `comparison.md`) and
     `models/<name>/MODEL_CARD.md`.
@@ -245,6 +251,9 @@ def evaluate(
         allow_leaky: Evaluate a manifest that fails the leakage gate, labelling it LEAKY.
         batch_size: Prediction batch size.
         seed: Bootstrap seed.
+        calibration_method: `"temperature"`, `"vector"` (a temperature and one bias per
+            class), or `"auto"`: vector scaling only if its cross-validated NLL on the
+            validation split is lower.
 
     Returns:
         The report written to `metrics.json`.
@@ -252,10 +261,14 @@ def evaluate(
     Raises:
         LeakageError: If the test split leaks and `allow_leaky` is false.
         FileNotFoundError: If no trained model is found.
+        ValueError: If `calibration_method` is not one of `calibration.METHODS`.
     """
     from btc import config, external, plots
 
     config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
+    if calibration_method not in calibration.METHODS:
+        raise ValueError(f"`calibration_method` must be one of {list(calibration.METHODS)}. "
+                         f"Received: calibration_method={calibration_method!r}")  # fmt: skip
     manifest_path = Path(manifest_path or config.MANIFEST_PATH)
     results_dir = Path(results_dir or config.RESULTS_DIR)
     out = results_dir / "03_evaluate"
@@ -273,32 +286,39 @@ def evaluate(
         val_probs, val_y = datasets.predict_split(
             model, meta, manifest, "val", batch_size, tta=False
         )
+        fit = calibration.fit_calibration(val_probs, val_y, calibration_method, seed=seed)
         meta = meta.replace(
-            temperature=round(calibration.fit_temperature(val_probs, val_y), 4),
-            temperature_fitted_on="val",
-        )
-        temperature = meta.temperature  # what every later single-pass prediction uses
-        if tta:  # TTA averages are less confident: they get a temperature of their own
+            temperature=round(fit["temperature"], 4), temperature_fitted_on="val",
+            calibration=fit["method"], class_bias=_rounded(fit["class_bias"]),
+            extra={**meta.extra, "calibration_cv_nll": fit["cv_nll"]},
+        )  # fmt: skip
+        if tta:  # TTA averages are less confident: they get a calibration of their own
             val_probs, _ = datasets.predict_split(
                 model, meta, manifest, "val", batch_size, tta=True
             )
-            meta = meta.replace(
-                temperature_tta=round(calibration.fit_temperature(val_probs, val_y), 4)
-            )
-            temperature = meta.temperature_tta
+            fit = calibration.fit_calibration(val_probs, val_y, fit["method"], seed=seed)
+            meta = meta.replace(temperature_tta=round(fit["temperature"], 4),
+                                class_bias_tta=_rounded(fit["class_bias"]))  # fmt: skip
+        params = calibration.calibration_of(meta, tta)  # what this evaluation applies
         test_probs, test_y = datasets.predict_split(model, meta, manifest, "test", batch_size, tta)
         if ext_test is not None and len(ext_test):
             ext_probs, _ = datasets.predict_split(model, meta, ext_test, "test", batch_size, tta)
-            ext_p[name] = calibration.apply_temperature(ext_probs, temperature)
+            ext_p[name] = calibration.apply_temperature(ext_probs, *params)
         artifacts.write_metadata(Path(models_dir) / name, meta)
         val_p[name], test_p[name], metas[name] = (
-            calibration.apply_temperature(val_probs, temperature), test_probs, {**meta, "eval_temperature": temperature})  # fmt: skip
+            calibration.apply_temperature(val_probs, *params), test_probs,
+            {**meta, "eval_temperature": params[0], "eval_class_bias": params[1]})  # fmt: skip
         labels = {"val": val_y, "test": test_y}
     y = labels["test"]
     results = {}
     for name in names:
-        calibrated = calibration.apply_temperature(test_p[name], metas[name]["eval_temperature"])
+        calibrated = calibration.apply_temperature(
+            test_p[name], metas[name]["eval_temperature"], metas[name]["eval_class_bias"]
+        )
         results[name] = {"temperature": metas[name]["eval_temperature"],
+                         "calibration": metas[name]["calibration"],
+                         "class_bias": metas[name]["eval_class_bias"],
+                         "calibration_cv_nll": metas[name].get("calibration_cv_nll"),
                          "uncalibrated": classification_metrics(y, test_p[name]),
                          "metrics": classification_metrics(y, calibrated),
                          "ci": bootstrap_ci(y, calibrated, n_bootstrap, seed), "probs": calibrated}  # fmt: skip
@@ -355,7 +375,7 @@ def evaluate(
         )
         plots.reliability_diagram(
             [reliability_table(test_p.get(name, p), y), reliability_table(p, y)],
-            ["before temperature scaling", "after"], f"{tag}{name}", out / f"{name}_reliability.png",
+            ["before calibration", "after"], f"{tag}{name}", out / f"{name}_reliability.png",
         )  # fmt: skip
         plots.error_gallery(
             test_rows, y, p, CLASS_NAMES, f"{tag}{name}", out / f"{name}_errors.png"

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from btc import artifacts, datasets, quantization
+from btc.calibration import calibration_of, same_calibration
 from btc.config import (
     MANIFEST_PATH,
     MODELS_DIR,
@@ -268,8 +269,9 @@ def export_tflite(
         "preprocessing": meta.get("input", "float32 [0,1] grayscale replicated to 3 channels, "
                                   "padded to square"),
         "normalisation": f"{meta['normalisation']} (inside the graph)",
-        "output_meaning": "softmax probabilities in class_names order, before temperature",
-        "temperature": meta.get("temperature", 1.0),
+        "output_meaning": "softmax probabilities in class_names order, before calibration "
+                          "(softmax(log p / temperature + class_bias))",
+        "temperature": meta.get("temperature", 1.0), "class_bias": meta.get("class_bias"),
         **inspect_tflite(content),
         "tflite_sha256": hashlib.sha256(content).hexdigest(), "tflite_bytes": len(content),
         "source_model": "model.keras",
@@ -323,10 +325,10 @@ def load_sidecar(name: str, quantize: str = "none", models_dir: str | Path = MOD
     if source.is_file() and datasets.file_sha256(source) != meta["source_sha256"]:
         raise ValueError(f"{str(path)!r} was exported from an older model.keras: {fix}")
     if source_meta.is_file():
-        temperature = json.loads(source_meta.read_text(encoding="utf-8")).get("temperature", 1.0)
-        if abs(temperature - meta["temperature"]) > 1e-9:
-            raise ValueError(f"{str(path)!r} carries temperature {meta['temperature']}, but the "
-                             f"model was recalibrated to {temperature} since: {fix}")  # fmt: skip
+        now = calibration_of(json.loads(source_meta.read_text(encoding="utf-8")))
+        if not same_calibration(now, calibration_of(meta)):
+            raise ValueError(f"{str(path)!r} carries calibration {calibration_of(meta)}, but the "
+                             f"model was recalibrated to {now} since: {fix}")  # fmt: skip
     return meta
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from btc import config, datasets, oodmetrics
+from btc.calibration import same_calibration
 from btc.config import MODELS_DIR
 from btc.oodfeatures import FEATURES, GENERIC_FILE
 
@@ -187,29 +188,32 @@ def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold,
 
 
 def load_stats(name: str, models_dir: str | Path = MODELS_DIR, runtime: str = "keras",
-               temperature: float | None = None) -> dict:  # fmt: skip
+               calibration: tuple | None = None) -> dict:  # fmt: skip
     """A model's fitted OOD statistics and thresholds, as stored by `btc.oodeval`.
 
     Args:
         name: Model name.
         models_dir: Models folder (`<name>/ood.npz`, `<name>/ood.json`).
         runtime: `"keras"`, or `"litert"` (thresholds only: no features to score).
-        temperature: The model's current calibration temperature.
+        calibration: The model's current `(temperature, class_bias)`
+            (`btc.calibration.calibration_of`).
 
     Returns:
         `{"available", "info" (ood.json), "arrays" (ood.npz), "generic" (the stored
         `generic_model`, or `None`), "note"}`. Not available (with a
         note) when nothing was fitted, when `model.keras` changed since (hashed on each load),
-        or when the temperature changed (03 refits it: re-run the OOD section).
+        or when the calibration changed (03 refits it: re-run the OOD section).
     """
     folder = Path(models_dir) / name
     path = folder / THRESHOLDS_FILE
     if not path.is_file() or not (folder / STATS_FILE).is_file():
         return {"available": False, "note": UNAVAILABLE.format(name)}
     info = json.loads(path.read_text(encoding="utf-8"))
-    if temperature is not None and abs(info["temperature"] - temperature) > 1e-6:
+    if calibration is not None and not same_calibration(
+        (info["temperature"], info.get("class_bias")), calibration
+    ):
         return {"available": False, "note": f"OOD thresholds of {name} predate its calibration "
-                                             "temperature: re-run the OOD section of 03_evaluate"}  # fmt: skip
+                                             "(03_evaluate refitted it): re-run the OOD section"}  # fmt: skip
     if runtime != "keras":
         return {"available": True, "info": info, "arrays": None, "note": LITERT_NOTE}
     if datasets.file_sha256(folder / "model.keras") != info["model_sha256"]:

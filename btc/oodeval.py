@@ -17,7 +17,7 @@ import numpy as np
 
 from btc import artifacts, config, datasets, ood, oodfeatures, oodmetrics, oodsets
 from btc.artifacts import trained_model_names
-from btc.calibration import apply_temperature, ensemble
+from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
 
 OOD_DIR_ENV = "BTC_OOD_DIR"
@@ -47,7 +47,7 @@ def _outputs(model, meta: dict, frames: dict, arrays: np.ndarray, batch_size: in
         outs[key]["labels"] = to_canonical[np.concatenate([y.numpy() for _, y in ds])]
         outs[key]["groups"] = frame.loc[frame.split == split, "group"].to_numpy()
     for out in outs.values():
-        calibrated = apply_temperature(out["probs"], meta.get("temperature", 1.0))
+        calibrated = calibrate(out["probs"], meta)
         out["calibrated"] = calibrated[:, canonical]
     return outs
 
@@ -146,7 +146,7 @@ def _fit_model(name, model, models_dir, meta, outs, colours, select, fit_args,
         "model": name, "method": method, "scales": scales, "selection_auroc": selection,
         "stage_layers": oodfeatures.stage_layers(model, meta["gradcam_layer"]),
         **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
-        "temperature": meta.get("temperature", 1.0),
+        "temperature": calibration_of(meta)[0], "class_bias": calibration_of(meta)[1],
         "model_sha256": datasets.file_sha256(Path(models_dir) / name / "model.keras"),
         "colour": {"chroma": ood.COLOUR_CHROMA, "fraction": ood.COLOUR_FRACTION,
                    "val_max": round(float(np.max(colours["val"])), 6)},

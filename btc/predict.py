@@ -21,7 +21,7 @@ from PIL import Image
 
 from btc import artifacts, dicom, ood, oodfeatures
 from btc.artifacts import trained_model_names
-from btc.calibration import apply_temperature, ensemble
+from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
 from btc.inputs import ImageError, expand_input, preprocess
 
@@ -103,7 +103,7 @@ def load_models(
     ensemble_thresholds = ood.load_ensemble(models_dir)
     cam_layers = _read_json(Path(models_dir) / "saliency.json").get("cam_layers", {})
     for m in loaded.values():  # OOD statistics, thresholds and CAM layer chosen by 03, if any
-        m.ood = ood.load_stats(m.name, models_dir, runtime, m.metadata.get("temperature", 1.0))
+        m.ood = ood.load_stats(m.name, models_dir, runtime, calibration_of(m.metadata))
         m.ood["ensemble"] = ensemble_thresholds
         if runtime == "keras" and cam_layers.get(m.name) in {x.name for x in m.model.layers}:
             m.cam_layer = cam_layers[m.name]  # a stale name (model retrained since 03) is ignored
@@ -237,7 +237,7 @@ def predict(
             batches = [arrays[size][i : i + 64] for i in range(0, len(arrays[size]), 64)]
             # predict_on_batch runs the compiled graph: ~10 ms for one image vs ~130 ms eager
             raw_probs = np.concatenate([loaded.model.predict_on_batch(b) for b in batches])
-        probs = apply_temperature(raw_probs, meta.get("temperature", 1.0))
+        probs = calibrate(raw_probs, meta)
         order = [meta["class_names"].index(c) for c in CLASS_NAMES]  # canonical order
         per_model[name] = probs[:, order]
     weights = ensemble_weights({n: models[n] for n in members}, models_dir)

@@ -16,6 +16,7 @@ def summary_row(name: str, result: dict) -> dict:
            "balanced_accuracy": m["balanced_accuracy"], "mcc": m["mcc"],
            "roc_auc_macro": m["roc_auc_macro"], "ece_before": result["uncalibrated"]["ece"],
            "ece_after": m["ece"], "temperature": result.get("temperature"),
+           "class_bias": result.get("class_bias"),
            "tumour_called_no_tumour_rate": m.get("tumour_called_no_tumour_rate")}  # fmt: skip
     for cls, values in m["per_class"].items():
         row[f"sensitivity_{cls}"] = values["sensitivity"]
@@ -35,12 +36,20 @@ def _fmt(value, ci=None) -> str:
     return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
 
 
+def _calibration_cell(row: dict) -> str:
+    if row["temperature"] is None:
+        return "–"
+    if row.get("class_bias") is None:
+        return f"T {row['temperature']:.2f}"
+    return f"T {row['temperature']:.2f}, bias " + "/".join(f"{b:+.1f}" for b in row["class_bias"])
+
+
 def comparison_markdown(report: dict) -> str:
     """Markdown table of every evaluated model and the ensemble (percent, 95 % CI)."""
     leaky = "LEAKY — " if report["leakage"]["leaky"] else ""
     classes = report["class_names"]
     head = ["model", "accuracy", "macro-F1"] + [f"sens. {c}" for c in classes] + [
-        "ECE before → after", "T", "external tumour sens."]  # fmt: skip
+        "ECE before → after", "calibration", "external tumour sens."]  # fmt: skip
     lines = [f"{leaky}Test split: {report['split_sizes']['test']} images, 95 % bootstrap CIs "
              f"({report['n_bootstrap']} resamples); numbers in %.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
@@ -49,7 +58,7 @@ def comparison_markdown(report: dict) -> str:
                  _fmt(row["f1_macro"], row["f1_macro_ci"])]  # fmt: skip
         cells += [_fmt(row[f"sensitivity_{c}"], row[f"sensitivity_{c}_ci"]) for c in classes]
         cells += [f"{_fmt(row['ece_before'])} → {_fmt(row['ece_after'])}",
-                  "–" if row["temperature"] is None else f"{row['temperature']:.2f}",
+                  _calibration_cell(row),
                   _fmt(row.get("external_sensitivity"), row.get("external_sensitivity_ci"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     ext = report.get("external_set")
@@ -58,7 +67,26 @@ def comparison_markdown(report: dict) -> str:
                       "near-copy groups; sensitivity = share not called 'no tumour', CI resamples "
                       "whole groups. The internal split shares its sources with training and "
                       "cannot reveal a source shortcut; the external set can."]  # fmt: skip
+    if any(row.get("class_bias") for row in report["table"]):
+        lines += ["", "Calibration: T = temperature; bias = vector scaling's bias per class ("
+                      + "/".join(classes) + "), fitted on validation where its cross-validated "
+                      "NLL beat temperature scaling alone; the biases can change the predicted "
+                      "class."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _calibration_sentence(result: dict) -> str:
+    """How the model was calibrated, for its card."""
+    if result.get("calibration") == "vector":
+        bias = ", ".join(f"{b:+.2f}" for b in result["class_bias"])
+        how = (f"Vector scaling (temperature {result['temperature']} and one bias per class, "
+               f"[{bias}] in class order)")  # fmt: skip
+    else:
+        how = f"Temperature scaling (temperature {result['temperature']})"
+    cv = result.get("calibration_cv_nll")
+    chosen = "" if not cv else (f"; chosen by cross-validated validation NLL (temperature "
+                                f"{cv['temperature']:.3f}, vector {cv['vector']:.3f})")  # fmt: skip
+    return f"{how}, fitted on the validation split{chosen}."
 
 
 def model_card(meta: dict, result: dict, report: dict) -> str:
@@ -107,7 +135,7 @@ Tumours called "no tumour": {_fmt(m.get("tumour_called_no_tumour_rate"))} %.
 {sens}
 
 ## Calibration
-Temperature {result["temperature"]} fitted on the validation split. ECE (15 bins)
+{_calibration_sentence(result)} ECE (15 bins)
 {_fmt(u["ece"])} % → {_fmt(m["ece"])} %; NLL {u["nll"]:.3f} → {m["nll"]:.3f}; Brier {u["brier"]:.3f} → {m["brier"]:.3f}.
 
 ## Limitations

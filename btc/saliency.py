@@ -49,7 +49,7 @@ def saliency_report(
     for name in model_names or artifacts.trained_model_names(models_dir):
         model, meta = artifacts.load_trained(name, models_dir)
         raw, labels = datasets.predict_split(model, meta, manifest, "test")
-        probs = calibration.apply_temperature(raw, meta.temperature)
+        probs = calibration.calibrate(raw, meta)
         chosen = select_examples(labels, probs, images_per_class, seed)
         subset = test.loc[chosen].assign(split="test")
         images = np.concatenate([x.numpy() for x, _ in datasets.make_dataset(

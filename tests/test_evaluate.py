@@ -115,6 +115,11 @@ def test_evaluate_writes_metrics_cards_figures_and_temperatures(tiny_models_copy
         meta = json.loads((models_dir / name / "metadata.json").read_text())
         assert meta["temperature"] > 0 and meta["temperature_fitted_on"] == "val"
         assert meta["temperature_tta"] == report["models"][name]["temperature"] > 0  # TTA run
+        result = report["models"][name]  # validation chose the calibration; the TTA fit follows
+        assert meta["calibration"] == result["calibration"] in ("temperature", "vector")
+        assert set(result["calibration_cv_nll"]) == {"temperature", "vector"}
+        assert meta["class_bias_tta"] == result["class_bias"]
+        assert (meta["class_bias"] is None) == (result["calibration"] == "temperature")
         card = (models_dir / name / "MODEL_CARD.md").read_text()
         assert "Not a diagnostic device" in card and "95 % bootstrap CI" in card
         for fig in ("confusion", "reliability", "errors"):
@@ -155,3 +160,5 @@ def test_evaluate_refuses_a_leaky_manifest_unless_told(tiny_models, tmp_path):
     assert report["leakage"]["leaky"] is True
     assert (tmp_path / "03_evaluate" / "comparison.md").read_text().startswith("LEAKY")
     assert "LEAKY" in (models_dir / "cnn" / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match=r"'auto'\]\. Received: calibration_method='platt'"):
+        evaluate.evaluate(["cnn"], manifest, models_dir, tmp_path, calibration_method="platt")

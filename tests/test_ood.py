@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import llm, ood, oodfeatures, predict, widgets
+from btc import calibration, llm, ood, oodfeatures, predict, widgets
 from tests import images, test_llm
 from tests.conftest import OOD_DEV, THRESHOLDS_FROM
 from tests.images import noise as _noise
@@ -124,7 +124,7 @@ def test_litert_records_get_their_status_from_the_confidence_threshold_only(ood_
     models_dir = ood_fitted[0]
     cnn = ood_loaded["cnn"]  # the Keras graph stands in for the .tflite file: same probabilities
     meta = {**cnn.metadata, "quantize": "none"}
-    stats = ood.load_stats("cnn", models_dir, "litert", meta["temperature"])
+    stats = ood.load_stats("cnn", models_dir, "litert", calibration.calibration_of(meta))
     lite = predict.LoadedModel("cnn", cnn.model, meta, runtime="litert", ood=stats)
     rec = predict.predict([_noise(colour=True)], "cnn", {"cnn": lite}, models_dir)[0]
     assert rec["runtime"] == "litert" and rec["status"] in ("predicted", "uncertain")

@@ -64,13 +64,18 @@ def test_prediction_matches_the_training_pipeline_and_temperature(loaded, test_f
     )
     raw = m.model.predict(x, verbose=0)[0]
     original = m.metadata  # a frozen artifacts.Metadata: swap in a copy, restore it after
+    bias = [0.3, 2.0, -1.0, -1.3]  # vector scaling: a bias per class after the temperature
     m.metadata = original.replace(temperature=2.0)
     try:
         p = predict.predict([test_files[0]], "cnn", models)[0]["probabilities"]
+        m.metadata = original.replace(temperature=2.0, calibration="vector", class_bias=bias)
+        p_vector = predict.predict([test_files[0]], "cnn", models)[0]["probabilities"]
     finally:
         m.metadata = original
     expected = np.exp(np.log(raw) / 2.0) / np.exp(np.log(raw) / 2.0).sum()
     np.testing.assert_allclose(list(p.values()), expected, atol=1e-5)
+    expected = np.exp(np.log(raw) / 2.0 + bias) / np.exp(np.log(raw) / 2.0 + bias).sum()
+    np.testing.assert_allclose(list(p_vector.values()), expected, atol=1e-5)
 
 
 def test_ensemble_record_carries_every_member(loaded, test_files):

@@ -51,7 +51,7 @@ def test_comparison_and_summary_show_each_models_numbers_and_weakest_class():
         assert len(cells) == len(head)
         assert cells[1] == f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
         assert cells[7].startswith(f"{100 * result['uncalibrated']['ece']:.1f} → ")
-        assert cells[8] == "1.80" and cells[9] == "–"
+        assert cells[8] == "T 1.80" and cells[9] == "–"
     summary = reports.plain_summary(report).splitlines()
     assert "misses meningioma most often" in summary[0] and "misses pituitary" in summary[1]
     assert f"correct on {100 * results['a']['metrics']['accuracy']:.1f} %" in summary[0]
@@ -70,6 +70,11 @@ def test_external_numbers_and_the_model_card():
     sens, (lo, hi) = result["external"]["sensitivity"], result["external"]["ci"]
     table = reports.comparison_markdown(report)
     assert _cells(table, "cnn")[-1] == f"{100 * sens:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert _cells(table, "cnn")[-2] == "T 1.80" and "vector scaling" not in table
+    vector = {**result, "class_bias": [-0.4, 1.1, -0.5, -0.2]}
+    vector_table = reports.comparison_markdown(_report({"cnn": vector}, len(labels)))
+    assert _cells(vector_table, "cnn")[-2] == "T 1.80, bias -0.4/+1.1/-0.5/-0.2"
+    assert "vector scaling's bias per class (glioma/meningioma/notumor/pituitary)" in vector_table
     assert "External: Br35H — 30 images in 10 near-copy groups" in table
     meta = artifacts.Metadata(name="cnn", model="cnn", class_names=tuple(CLASS_NAMES),
                               image_size=64, config={"weights": "none"}).to_dict()  # fmt: skip
@@ -81,6 +86,12 @@ def test_external_numbers_and_the_model_card():
             f" | {support} |"
         )
     assert f"tumour sensitivity {100 * sens:.1f}" in card and "30 images in 10" in card
+    assert "Temperature scaling (temperature 1.8), fitted on the validation split." in card
+    vector = {**result, "calibration": "vector", "class_bias": [-0.4, 1.1, -0.5, -0.2],
+              "calibration_cv_nll": {"temperature": 0.2, "vector": 0.17}}  # fmt: skip
+    card = reports.model_card(meta, vector, report)
+    assert "one bias per class, [-0.40, +1.10, -0.50, -0.20]" in card
+    assert "(temperature 0.200, vector 0.170)" in card
     assert "LEAKY EVALUATION" in reports.model_card(
         meta, result, _report({"cnn": result}, 200, True)
     )
