@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from btc.config import MODELS_DIR, atomic_path, write_json_atomic
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
+RUN_FILE = "run.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,36 @@ def trained_model_names(models_dir: str | Path = MODELS_DIR) -> list[str]:
     """Names of the models in `models_dir` that have both `model.keras` and `metadata.json`."""
     return sorted(p.parent.name for p in Path(models_dir).glob(f"*/{MODEL_FILE}")
                   if (p.parent / METADATA_FILE).is_file())  # fmt: skip
+
+
+def record_run(names: list[str], models_dir: str | Path = MODELS_DIR) -> Path:
+    """Record which models the last training run (02) produced, in `models/run.json`.
+
+    Evaluation, saliency, OOD fitting and the demo then default to these models, so that a model
+    left in `models/` by an earlier run with another preset is not silently evaluated with them.
+
+    Returns:
+        The path written.
+    """
+    path = Path(models_dir) / RUN_FILE
+    write_json_atomic(
+        path, {"models": list(names), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    )
+    return path
+
+
+def run_model_names(models_dir: str | Path = MODELS_DIR) -> list[str]:
+    """The trained models of the last training run, or every trained model if none was recorded.
+
+    A model listed in `run.json` but no longer trained is left out; one trained but not listed
+    (an earlier run's) can still be asked for by name.
+    """
+    trained = trained_model_names(models_dir)
+    path = Path(models_dir) / RUN_FILE
+    if not path.is_file():
+        return trained
+    listed = json.loads(path.read_text(encoding="utf-8")).get("models", [])
+    return [n for n in listed if n in trained] or trained
 
 
 def _check_trained(name: str, models_dir: str | Path) -> Path:

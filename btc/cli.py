@@ -86,7 +86,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from btc import config, models, train
+    from btc import config, models, reports, train
 
     try:
         p = _stage_params(args)
@@ -96,13 +96,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     manifest = Path(args.manifest or config.MANIFEST_PATH)
     models_dir = Path(args.models_dir or config.MODELS_DIR)
     results_dir = Path(args.results_dir or config.RESULTS_DIR)
-    trained = []
     try:
-        for cfg in configs:
-            trained.append(train.train(cfg, manifest, models_dir, results_dir, verbose=2))
+        trained = train.train_all(configs, manifest, models_dir, results_dir, verbose=2)
     except (ValueError, FileNotFoundError, models.WeightsUnavailableError) as exc:
         return _fail(exc, 1)
-    summary = train.summary_table(trained)
+    summary = reports.training_summary(trained)
     out = results_dir / "02_train" / "summary.json"
     config.write_json_atomic(out, summary.reset_index().to_dict("records"))
     print(summary.to_string())

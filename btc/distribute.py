@@ -32,6 +32,26 @@ def get_strategy(name: str = "default"):
     return tf.distribute.get_strategy()
 
 
+def is_chief() -> bool:
+    """Whether this process writes shared outputs: no `TF_CONFIG`, the chief, or worker 0 of a
+    cluster without a chief (TensorFlow's convention)."""
+    import json
+    import os
+
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    tf_config = json.loads(raw)
+    task = tf_config.get("task", {})
+    if task.get("type") == "chief":
+        return True
+    return (
+        task.get("type") == "worker"
+        and task.get("index") == 0
+        and ("chief" not in tf_config.get("cluster", {}))
+    )
+
+
 def multi_worker_strategy():
     """A `MultiWorkerMirroredStrategy` whose `reduce` accepts what Keras 3's `fit` passes it.
 

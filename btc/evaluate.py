@@ -275,7 +275,7 @@ def evaluate(
     manifest = datasets.load_manifest(manifest_path, check_leakage=False)
     gate = leakage_gate(manifest, allow_leaky)
     tag = "LEAKY " if gate["leaky"] else ""
-    names = list(model_names or artifacts.trained_model_names(models_dir))
+    names = list(model_names or artifacts.run_model_names(models_dir))
     if not names:
         raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
     ext = external.load_external(manifest_path.with_name("external.csv"))

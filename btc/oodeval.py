@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from btc import artifacts, config, datasets, ood, oodfeatures, oodmetrics, oodsets
-from btc.artifacts import trained_model_names
+from btc.artifacts import run_model_names
 from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
 
@@ -315,7 +315,7 @@ def fit_and_report(
     config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
     manifest_path = Path(manifest_path or config.MANIFEST_PATH)
     manifest = datasets.load_manifest(manifest_path, check_leakage=False)
-    names = list(model_names or trained_model_names(models_dir))
+    names = list(model_names or run_model_names(models_dir))
     if not names:
         raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
     ood_dir = ood_dir or os.environ.get(OOD_DIR_ENV) or None

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from btc import artifacts, dicom, ood, oodfeatures
-from btc.artifacts import trained_model_names
+from btc.artifacts import run_model_names
 from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
 from btc.inputs import ImageError, expand_input, preprocess
@@ -96,7 +96,7 @@ def load_models(
         loaded = {n: LoadedModel(n, *export.load_litert(n, quantize, models_dir), runtime="litert")
                   for n in names}  # fmt: skip
     else:
-        names = list(names or trained_model_names(models_dir))
+        names = list(names or run_model_names(models_dir))
         if not names:
             raise FileNotFoundError(f"No trained model in {str(models_dir)!r}: run 02_train first")
         loaded = {n: LoadedModel(n, *artifacts.load_trained(n, models_dir)) for n in names}
@@ -133,10 +133,10 @@ def recommended(models_dir: str | Path = MODELS_DIR) -> dict[str, str]:
     model = choice.get("default_model", ENSEMBLE)
     weights = choice.get("weights") or {ENSEMBLE: 1.0}
     member = model if model != ENSEMBLE else max(weights, key=weights.get)
-    trained = trained_model_names(models_dir)
+    trained = run_model_names(models_dir)
     if len(trained) == 1:
         model = member = trained[0]
-        why = "the only trained model"
+        why = "the only model of the last training run"
     elif not choice:
         why = "no choice recorded by 03 yet"
     elif model == ENSEMBLE:

@@ -6,6 +6,8 @@ so the README generator and the notebooks share one wording.
 
 from __future__ import annotations
 
+import pandas as pd
+
 from btc.oodfeatures import METHODS as OOD_METHODS
 
 
@@ -248,3 +250,12 @@ def ood_markdown(report: dict) -> str:
     if report.get("note"):
         lines += ["", f"_{report['note']}_"]
     return "\n".join(lines) + "\n"
+
+
+def training_summary(metadatas: list[dict]) -> pd.DataFrame:
+    """One row per trained model: parameters, epochs, time and best validation metrics."""
+    rows = [{"model": m["name"], "params": m["params_total"], "image_size": m["image_size"],
+             "epochs": m["epochs_run"], "minutes": round(m["training_seconds"] / 60, 1),
+             "best_val_accuracy": round(m["best_val_accuracy"], 4),
+             "best_val_loss": round(m["best_val_loss"], 4)} for m in metadatas]  # fmt: skip
+    return pd.DataFrame(rows).set_index("model")

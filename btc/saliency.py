@@ -46,7 +46,7 @@ def saliency_report(
     manifest = datasets.load_manifest(manifest_path or config.MANIFEST_PATH, check_leakage=False)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     report = {"methods": list(methods), "images_per_class": images_per_class, "models": {}}
-    for name in model_names or artifacts.trained_model_names(models_dir):
+    for name in model_names or artifacts.run_model_names(models_dir):
         model, meta = artifacts.load_trained(name, models_dir)
         raw, labels = datasets.predict_split(model, meta, manifest, "test")
         probs = calibration.calibrate(raw, meta)
@@ -146,7 +146,7 @@ def choose_cam_layers(model_names: Sequence[str] | None = None, external_path=No
     results_dir = Path(results_dir or config.RESULTS_DIR)
     ext = external.load_external(external_path or config.EXTERNAL_PATH)
     report = {"method": method, "split": "train", "layers": {}, "models": {}}
-    names = model_names or artifacts.trained_model_names(models_dir)
+    names = model_names or artifacts.run_model_names(models_dir)
     train = None if ext is None else ext[ext.split == "train"].reset_index(drop=True)
     for name in names:
         model, meta = artifacts.load_trained(name, models_dir)
@@ -196,7 +196,7 @@ def external_saliency(
         return report
     test = ext[ext.split == "test"].reset_index(drop=True)
     groups = test["group"].to_numpy()
-    for name in model_names or artifacts.trained_model_names(models_dir):
+    for name in model_names or artifacts.run_model_names(models_dir):
         model, meta = artifacts.load_trained(name, models_dir)
         images, targets, masks = _external_inputs(model, meta, test)
         layer = report["cam_layers"].setdefault(name, meta.gradcam_layer)

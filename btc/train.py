@@ -287,29 +287,21 @@ def train(
     with atomic_path(out / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
     metadata = artifacts.Metadata.from_dict({
-        "name": config.name,
-        "model": config.model,
-        "class_names": list(CLASS_NAMES),
+        "name": config.name, "model": config.model, "class_names": list(CLASS_NAMES),
         "image_size": config.image_size,
         "input": "float32 [0,1] grayscale replicated to 3 channels, padded to square",
-        "normalisation": spec.normalisation,
-        "gradcam_layer": spec.gradcam_layer,
+        "normalisation": spec.normalisation, "gradcam_layer": spec.gradcam_layer,
         "config": config.to_dict(),
         "manifest_sha256": datasets.file_sha256(manifest_path) if manifest_path else None,
-        "train_images": n_train,
-        "external_train_images": int(n_ext),
+        "train_images": n_train, "external_train_images": int(n_ext),
         "val_images": int((frame.split == "val").sum()),
         "versions": artifacts.package_versions(),
         "params_total": int(model.count_params()),
         "params_trainable_last_phase": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-        "training_seconds": round(seconds, 1),
-        "epochs_run": int(len(history)),
-        "phase_starts": phase_starts,
-        "best_epoch": int(best["epoch"]) + 1,
-        "best_val_loss": float(best["val_loss"]),
-        "best_val_accuracy": float(best["val_accuracy"]),
-        "temperature": 1.0,
-        "strategy": config.strategy,
+        "training_seconds": round(seconds, 1), "epochs_run": int(len(history)),
+        "phase_starts": phase_starts, "best_epoch": int(best["epoch"]) + 1,
+        "best_val_loss": float(best["val_loss"]), "best_val_accuracy": float(best["val_accuracy"]),
+        "temperature": 1.0, "strategy": config.strategy,
         "replicas": int(strategy.num_replicas_in_sync),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
@@ -322,6 +314,24 @@ def train(
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("float32")
     return metadata
+
+
+def train_all(configs: list[TrainConfig], manifest: pd.DataFrame | str | Path = MANIFEST_PATH,
+              models_dir: str | Path = MODELS_DIR, results_dir: str | Path = RESULTS_DIR,
+              verbose: int | str = "auto") -> list[dict]:  # fmt: skip
+    """Train one `TrainConfig` after the other (`train`) and record the run in `models/run.json`.
+
+    03 and the demo default to this run's models (`artifacts.run_model_names`), so a model that an
+    earlier run left in `models_dir` is not evaluated with them unless named. Other arguments: as
+    for `train`.
+
+    Returns:
+        The metadata of each trained model, in order.
+    """
+    trained = [train(cfg, manifest, models_dir, results_dir, verbose=verbose) for cfg in configs]
+    if distribute.is_chief():  # only the chief writes shared outputs
+        artifacts.record_run([m["name"] for m in trained], models_dir)
+    return trained
 
 
 def _phase_of(epoch: int, starts: list[int], phases: list) -> str:
@@ -339,15 +349,6 @@ def best_epoch_row(history: pd.DataFrame) -> pd.Series:
         That epoch's row.
     """
     return history.loc[history[MONITOR].idxmax()]
-
-
-def summary_table(metadatas: list[dict]) -> pd.DataFrame:
-    """One row per trained model: parameters, epochs, time and best validation metrics."""
-    rows = [{"model": m["name"], "params": m["params_total"], "image_size": m["image_size"],
-             "epochs": m["epochs_run"], "minutes": round(m["training_seconds"] / 60, 1),
-             "best_val_accuracy": round(m["best_val_accuracy"], 4),
-             "best_val_loss": round(m["best_val_loss"], 4)} for m in metadatas]  # fmt: skip
-    return pd.DataFrame(rows).set_index("model")
 
 
 def configs_for(

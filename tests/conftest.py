@@ -131,10 +131,9 @@ def tiny_models(tiny_manifest, tmp_path_factory):
     from btc import train
 
     models_dir = tmp_path_factory.mktemp("models")
-    for name, size in TINY_SIZES.items():
-        cfg = train.TrainConfig(model=name, image_size=size, batch_size=16, epochs_head=1,
-                                epochs_finetune=1, alpha=0.25)  # fmt: skip
-        train.train(cfg, tiny_manifest, models_dir, models_dir / "results", verbose=0)
+    configs = [train.TrainConfig(model=name, image_size=size, batch_size=16, epochs_head=1,
+                                 epochs_finetune=1, alpha=0.25) for name, size in TINY_SIZES.items()]  # fmt: skip
+    train.train_all(configs, tiny_manifest, models_dir, models_dir / "results", verbose=0)
     return models_dir, tiny_manifest
 
 

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pytest
 
-from btc import artifacts
+from btc import artifacts, distribute
 from tests.conftest import PROJECT_ROOT
 
 TIMEOUT = 900  # seconds for both workers together; the run takes well under a minute when idle
@@ -168,3 +168,30 @@ def test_one_replica_keeps_its_batchnorm_statistics_and_shards_are_by_element():
     policy = sharded.options().experimental_distribute.auto_shard_policy
     assert policy == tf.data.experimental.AutoShardPolicy.DATA
     assert list(sharded.as_numpy_iterator()) == [0, 1, 2, 3]
+
+
+def test_only_the_chief_writes_shared_outputs(monkeypatch, tmp_path):
+    cluster = {"worker": ["a:1", "b:2"]}
+    cases = [(None, True),
+             ({"cluster": cluster, "task": {"type": "worker", "index": 0}}, True),
+             ({"cluster": cluster, "task": {"type": "worker", "index": 1}}, False),
+             ({"cluster": {**cluster, "chief": ["c:3"]}, "task": {"type": "worker", "index": 0}}, False),
+             ({"cluster": {**cluster, "chief": ["c:3"]}, "task": {"type": "chief", "index": 0}}, True)]  # fmt: skip
+    for tf_config, chief in cases:
+        if tf_config is None:
+            monkeypatch.delenv("TF_CONFIG", raising=False)
+        else:
+            monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+        assert distribute.is_chief() is chief, tf_config
+
+
+def test_the_last_run_decides_which_models_are_current(tmp_path):
+    for name in ("cnn", "mobilenet"):  # two trained models on disk
+        (tmp_path / name).mkdir()
+        for f in (artifacts.MODEL_FILE, artifacts.METADATA_FILE):
+            (tmp_path / name / f).write_text("{}")
+    assert artifacts.run_model_names(tmp_path) == ["cnn", "mobilenet"]  # no run recorded: all
+    artifacts.record_run(["mobilenet"], tmp_path)
+    assert artifacts.run_model_names(tmp_path) == ["mobilenet"]
+    (tmp_path / "mobilenet" / artifacts.MODEL_FILE).unlink()  # its model is gone since
+    assert artifacts.run_model_names(tmp_path) == ["cnn"]

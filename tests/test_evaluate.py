@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc import calibration, evaluate, reports
+from btc import artifacts, calibration, evaluate, reports
 
 
 def _onehotish(pred, k=4, conf=0.7):
@@ -155,8 +155,10 @@ def test_evaluate_refuses_a_leaky_manifest_unless_told(tiny_models, tmp_path):
     frame.to_csv(leaky_path, index=False)
     with pytest.raises(evaluate.LeakageError):
         evaluate.evaluate(["cnn"], leaky_path, models_dir, tmp_path, n_bootstrap=10)
-    report = evaluate.evaluate(["cnn"], leaky_path, models_dir, tmp_path, n_bootstrap=10,
+    artifacts.record_run(["cnn"], models_dir)  # the last 02 trained the CNN alone: its models
+    report = evaluate.evaluate(None, leaky_path, models_dir, tmp_path, n_bootstrap=10,
                                allow_leaky=True)  # fmt: skip
+    assert set(report["models"]) == {"cnn"}  # mobilenet, left by an earlier run, is not evaluated
     assert report["leakage"]["leaky"] is True
     assert (tmp_path / "03_evaluate" / "comparison.md").read_text().startswith("LEAKY")
     assert "LEAKY" in (models_dir / "cnn" / "MODEL_CARD.md").read_text()

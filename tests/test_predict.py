@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import config, datasets, predict
+from btc import artifacts, config, datasets, predict
 from btc import images as btc_images
 
 
@@ -145,8 +145,17 @@ def test_recommended_model_and_method_follow_03s_choices(tmp_path):
     (tmp_path / "mobilenet").mkdir()  # a preset that trained one model: that model, its method
     for name in ("model.keras", "metadata.json"):
         (tmp_path / "mobilenet" / name).write_text("{}")
-    assert pr.recommended(tmp_path) == {"model": "mobilenet", "saliency_method": "smoothgrad",
-                                        "why": "the only trained model"}  # fmt: skip
+    only_mobilenet = {"model": "mobilenet", "saliency_method": "smoothgrad",
+                      "why": "the only model of the last training run"}  # fmt: skip
+    assert pr.recommended(tmp_path) == only_mobilenet
+    (tmp_path / "cnn").mkdir()  # an earlier run's model stays on disk; the last run trained one
+    for name in ("model.keras", "metadata.json"):
+        (tmp_path / "cnn" / name).write_text("{}")
+    artifacts.record_run(["mobilenet"], tmp_path)
+    assert pr.recommended(tmp_path) == only_mobilenet
+    assert artifacts.trained_model_names(tmp_path) == ["cnn", "mobilenet"]
+    artifacts.record_run(["cnn", "mobilenet"], tmp_path)
+    assert pr.recommended(tmp_path)["model"] == "ensemble"
 
 
 def test_demo_explains_at_the_cam_layer_03_chose_and_ignores_a_stale_one(tiny_models_copy):
