@@ -252,8 +252,10 @@ def predict(
             rec.update(ood.assess(stats.get("info"), rec["confidence"],
                                   scores[n][i] if n in scores else None, colours[i], stats.get("note")))  # fmt: skip
         top = _record(combined[i], CLASS_NAMES)
-        top.update(member_records[model] if model != ENSEMBLE else
-                   _ensemble_status(models, members, scores, i, top["confidence"], colours[i]))  # fmt: skip
+        if model != ENSEMBLE or len(members) == 1:  # an ensemble of one is that model
+            top.update(member_records[members[0]])
+        else:
+            top.update(_ensemble_status(models, members, scores, i, top["confidence"], colours[i]))
         records.append({**top, "model": model, "input": name, "per_model": member_records,
                         "image": first[i], **extra, **({"dicom": info} if info else {})})  # fmt: skip
     return records

@@ -115,6 +115,14 @@ def test_status_contract(ood_fitted, ood_loaded, tmp_path):
     assert rec[2]["ok"] is False and "bad.png" in rec[2]["error"] and "status" not in rec[2]
     ens = predict.predict([scan, str(colour)], "ensemble", ood_loaded, models_dir)
     assert ens[1]["status"] == "out_of_distribution"
+    # a preset that trains one model: "ensemble" (btc predict's default) is that model, with
+    # its OOD thresholds (there are no ensemble thresholds to fit for a single member)
+    alone = predict.predict([scan, str(colour)], "ensemble", {"cnn": ood_loaded["cnn"]}, models_dir)
+    for r in alone:
+        assert r["status_note"] is None or "no thresholds" not in r["status_note"]
+        assert r["ood_score"] == r["per_model"]["cnn"]["ood_score"] is not None
+        assert r["thresholds"] == r["per_model"]["cnn"]["thresholds"]
+    assert alone[1]["status"] == "out_of_distribution"
     for r in ens:
         assert r["status"] in ood.STATUSES and r["thresholds"]["fitted_on"] == THRESHOLDS_FROM
         assert all(m["status"] in ood.STATUSES for m in r["per_model"].values())
