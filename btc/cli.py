@@ -143,7 +143,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                              sanity=sal, cam_layers=cam)  # fmt: skip
         ood = oodeval.fit_and_report(names, ood_dir=p["ood_dir"] or None,
                                      accept_rate=p["ood_accept_rate"], target_error=p["target_error"],
-                                     n_bootstrap=n, seed=seed, **paths)  # fmt: skip
+                                     risk_bound=p["risk_bound"], n_bootstrap=n, seed=seed, **paths)  # fmt: skip
     except (ValueError, FileNotFoundError, evaluate.LeakageError) as exc:
         return _fail(exc, 1)
     leaky = "LEAKY " if report["leakage"]["leaky"] else ""

@@ -123,9 +123,16 @@ def rejected(score, colour, threshold: float):
     return (np.asarray(score) > threshold) | (np.asarray(colour) > COLOUR_FRACTION)
 
 
+RISK_BOUNDS = ("point", "upper")
+
+
 def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target_error: float = 0.02,
-                             min_answered: int | None = None) -> dict:  # fmt: skip
+                             min_answered: int | None = None, risk_bound: str = "point") -> dict:  # fmt: skip
     """The lowest confidence threshold whose answered validation scans err at most `target_error`.
+
+    With `risk_bound="upper"` it is the one-sided 95 % Clopper–Pearson upper bound of their error
+    rate that must stay within `target_error` (selective classification with guaranteed risk,
+    Geifman & El-Yaniv 2017): fewer scans are answered, and new scans are unlikely to err more.
 
     Args:
         confidence: `(n,)` calibrated top-class probabilities of OOD-accepted validation scans.
@@ -133,29 +140,38 @@ def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target
         target_error: Highest error rate allowed among the answered scans.
         min_answered: Fewest answered scans to trust the estimate; default `ceil(3 /
             target_error)` (rule of three: even zero errors in fewer scans cannot show the rate).
+        risk_bound: `"point"` (the observed error rate) or `"upper"` (its 95 % upper bound)
+            must meet `target_error`.
 
     Returns:
         `threshold` (answer when confidence ≥ it; `None` if the target is never met),
-        `target_met`, `answered`, `coverage`, `risk` and its one-sided 95 % `risk_upper`.
+        `target_met`, `answered`, `coverage`, `risk`, its one-sided 95 % `risk_upper` and
+        `risk_bound`.
+
+    Raises:
+        ValueError: On a `target_error` outside (0, 1] or an unknown `risk_bound`.
     """
     config.check_range("target_error", target_error, 0.0, 1.0, low_inclusive=False)
+    config.check_choice("risk_bound", risk_bound, RISK_BOUNDS)
     n = len(confidence)
     min_answered = math.ceil(3 / target_error) if min_answered is None else min_answered
     order = np.argsort(-confidence, kind="stable")
     conf, wrong = confidence[order], ~np.asarray(correct, bool)[order]
     k = np.arange(1, n + 1)
-    risk = np.cumsum(wrong) / k
+    errors = np.cumsum(wrong)
+    risk = errors / k
+    upper = oodmetrics.binomial_upper(errors, k)  # one-sided 95 %
     ends = np.r_[conf[1:] != conf[:-1], True]  # the last scan of each block of equal confidence
-    ok = np.flatnonzero(ends & (risk <= target_error) & (k >= min_answered))
+    bound = risk if risk_bound == "point" else upper
+    ok = np.flatnonzero(ends & (bound <= target_error) & (k >= min_answered))
+    common = {"n": n, "min_answered": min_answered, "risk_bound": risk_bound}
     if not len(ok):
         return {"threshold": None, "target_met": False, "answered": 0, "coverage": 0.0,
-                "risk": None, "risk_upper": None, "n": n, "min_answered": min_answered}  # fmt: skip
+                "risk": None, "risk_upper": None, **common}  # fmt: skip
     i = ok[-1]
-    errors = int(np.sum(wrong[: i + 1]))
     return {"threshold": round(float(conf[i]), 6), "target_met": True, "answered": int(i + 1),
             "coverage": round((i + 1) / n, 6), "risk": round(float(risk[i]), 6),
-            "risk_upper": round(oodmetrics.clopper_pearson(errors, i + 1)[1], 6), "n": n,
-            "min_answered": min_answered}  # fmt: skip
+            "risk_upper": round(float(upper[i]), 6), **common}  # fmt: skip
 
 
 def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold, target_met=True,

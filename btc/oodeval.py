@@ -58,7 +58,8 @@ def _scale(val_score: np.ndarray, accept_rate: float) -> dict:
     return {"median": median, "spread": max(spread, 1e-6 * max(abs(median), 1.0))}
 
 
-def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, min_answered) -> dict:
+def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, min_answered,
+                risk_bound) -> dict:  # fmt: skip
     """The OOD threshold and, on the validation scans it accepts, the confidence threshold.
 
     The OOD threshold is the highest of the `accept_rate` quantiles of each in-distribution
@@ -71,7 +72,7 @@ def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, mi
     threshold = max(per_source.values())
     accepted = sources["val"] <= threshold
     confidence, correct = calibrated.max(1)[accepted], (calibrated.argmax(1) == labels)[accepted]
-    fit = ood.fit_confidence_threshold(confidence, correct, target_error, min_answered)
+    fit = ood.fit_confidence_threshold(confidence, correct, target_error, min_answered, risk_bound)
     return {"ood_threshold": round(threshold, 6), "accept_rate": accept_rate,
             "source_thresholds": {k: round(v, 6) for k, v in per_source.items()},
             "accepted": {k: round(float(np.mean(v <= threshold)), 6) for k, v in sources.items()},
@@ -276,6 +277,7 @@ def fit_and_report(
     models_dir: str | Path = MODELS_DIR, results_dir: str | Path | None = None,
     ood_dir: str | Path | None = None, accept_rate: float = 0.975, target_error: float = 0.02,
     min_answered: int | None = None, n_bootstrap: int = 1000, seed: int = 0, batch_size: int = 64,
+    risk_bound: str = "point",
 ) -> dict:  # fmt: skip
     """Fit and store each model's OOD statistics and thresholds; report them on held-out images.
 
@@ -300,6 +302,8 @@ def fit_and_report(
         n_bootstrap: Bootstrap resamples of the 95 % CIs.
         seed: Bootstrap seed.
         batch_size: Prediction batch size.
+        risk_bound: `"point"`: the answered validation scans err at most `target_error`;
+            `"upper"`: so does the 95 % upper bound of their error rate (fewer answers).
 
     Returns:
         The report written to `results/03_evaluate/ood_report.json` (plus `risk_coverage.png`).
@@ -336,7 +340,8 @@ def fit_and_report(
         colours[key] = np.array([ood.colour_fraction(Path(p).read_bytes()) for p in paths])
     if "ext_train" in colours:
         colours["ext_train_held_out"] = colours["ext_train"]
-    fit_args = (accept_rate, target_error, min_answered)
+    config.check_choice("risk_bound", risk_bound, ood.RISK_BOUNDS)
+    fit_args = (accept_rate, target_error, min_answered, risk_bound)
     fitted, members, generics = {}, {}, {}
     for name in names:
         model, meta = artifacts.load_trained(name, models_dir)
@@ -366,8 +371,8 @@ def fit_and_report(
         "parts": {"select": PARTS[0], "report": PARTS[1]},
         "ood_dir": None if ood_dir is None else str(ood_dir),
         "note": None if folder else f"no OOD folder (set ${OOD_DIR_ENV} or `ood_dir`): OOD-image report skipped",
-        "accept_rate": accept_rate, "target_error": target_error, "n_bootstrap": n_bootstrap,
-        "manifest_sha256": datasets.file_sha256(manifest_path), "models": entries,
+        "accept_rate": accept_rate, "target_error": target_error, "risk_bound": risk_bound,
+        "n_bootstrap": n_bootstrap, "manifest_sha256": datasets.file_sha256(manifest_path), "models": entries,
         "images": [{k: v for k, v in i.items() if k != "raw"} for i in images],
     }  # fmt: skip
     config.write_json_atomic(out / "ood_report.json", report)

@@ -34,6 +34,23 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
+def binomial_upper(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """One-sided exact (Clopper–Pearson) upper bounds of error rates `k / n`, elementwise.
+
+    Args:
+        k: Errors.
+        n: Trials (each > 0).
+        level: One-sided confidence level.
+
+    Returns:
+        Upper bounds; 1 where `k == n`.
+    """
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        upper = stats.beta.ppf(level, k + 1, np.maximum(n - k, 1e-12))
+    return np.where(k >= n, 1.0, upper)
+
+
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """AUROC of telling OOD images (positives) from in-distribution ones by their score.
 

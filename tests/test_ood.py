@@ -44,6 +44,34 @@ def test_confidence_threshold_is_the_lowest_meeting_the_target():
     assert none["target_met"] is False and none["threshold"] is None and none["min_answered"] == 150
     with pytest.raises(ValueError, match=r"Received: target_error=0"):
         ood.fit_confidence_threshold(conf, correct, target_error=0)
+    with pytest.raises(ValueError, match=r"\['point', 'upper'\]. Received: risk_bound='max'"):
+        ood.fit_confidence_threshold(conf, correct, 0.2, risk_bound="max")
+
+
+def test_guaranteed_risk_threshold_bounds_the_error_of_new_scans():
+    rng = np.random.default_rng(0)
+
+    def scans(n):  # confidence predicts correctness: errors fall from 20 % to 0 %
+        conf = rng.uniform(0.5, 1.0, n)
+        return conf, rng.random(n) > 0.4 * (1.0 - conf)
+
+    conf, correct = scans(2000)
+    point = ood.fit_confidence_threshold(conf, correct, 0.05)
+    upper = ood.fit_confidence_threshold(conf, correct, 0.05, risk_bound="upper")
+    assert upper["risk_bound"] == "upper" and upper["risk_upper"] <= 0.05 < point["risk_upper"]
+    assert upper["threshold"] > point["threshold"] and upper["answered"] < point["answered"]
+    assert point["risk"] <= 0.05 and upper["risk"] < point["risk"]
+    # on new scans from the same source, the point rule errs above target about half the time;
+    # the bound rule seldom does (95 % per threshold; picking the lowest that qualifies among
+    # many makes it a little optimistic: 4 of 40 fits here, against 23 of 40)
+    over = {"point": 0, "upper": 0}
+    for _ in range(40):
+        fit_c, fit_ok = scans(2000)
+        new_c, new_ok = scans(5000)
+        for bound in over:
+            t = ood.fit_confidence_threshold(fit_c, fit_ok, 0.05, risk_bound=bound)["threshold"]
+            over[bound] += (1 - new_ok[new_c >= t].mean()) > 0.05
+    assert over["point"] >= 10 and 4 * over["upper"] <= over["point"], over
 
 
 def test_status_of_follows_the_thresholds():
