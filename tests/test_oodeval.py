@@ -46,7 +46,7 @@ def test_threshold_accepts_accept_rate_of_every_source():
     val, ext = np.linspace(0, 1, 101), np.linspace(0, 2, 41)
     calibrated = np.tile([0.7, 0.1, 0.1, 0.1], (101, 1))
     fit = oodeval._thresholds({"val": val, "ext_train_held_out": ext}, calibrated,
-                              np.zeros(101, int), 0.95, 0.3, 3)  # fmt: skip
+                              np.zeros(101, int), 0.95, 0.3, 3, "point")  # fmt: skip
     assert fit["source_thresholds"] == {"val": 0.95, "ext_train_held_out": 1.9}
     assert fit["ood_threshold"] == 1.9 and fit["val_accepted"] == 1.0
     assert fit["accepted"]["ext_train_held_out"] >= 0.95
