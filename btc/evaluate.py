@@ -266,9 +266,7 @@ def evaluate(
     from btc import config, external, plots
 
     config.check_range("n_bootstrap", n_bootstrap, 1, types=int)
-    if calibration_method not in calibration.METHODS:
-        raise ValueError(f"`calibration_method` must be one of {list(calibration.METHODS)}. "
-                         f"Received: calibration_method={calibration_method!r}")  # fmt: skip
+    config.check_choice("calibration_method", calibration_method, calibration.METHODS)
     manifest_path = Path(manifest_path or config.MANIFEST_PATH)
     results_dir = Path(results_dir or config.RESULTS_DIR)
     out = results_dir / "03_evaluate"

@@ -30,8 +30,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
         return (0.0, 1.0)
     a = (1 - level) / 2
     lo = stats.beta.ppf(a, k, n - k + 1) if k > 0 else 0.0
-    hi = stats.beta.ppf(1 - a, k + 1, n - k) if k < n else 1.0
-    return (float(lo), float(hi))
+    return (float(lo), float(binomial_upper(k, n, 1 - a)))
 
 
 def binomial_upper(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> np.ndarray:
