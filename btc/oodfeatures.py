@@ -4,6 +4,11 @@ From a trained model: its pooled last-conv features (`pool`), the pooled outputs
 `N_STAGES` stages (`stages`) and its penultimate dense features (`dense`). From a frozen ImageNet
 MobileNet α 0.25 (`generic_model`, stored with each model as `GENERIC_FILE`): three pooled stages
 (`generic`, log1p) and `joint` (`stages` and `generic` side by side).
+
+The Gaussians are fitted on the train scans and on a *style-augmented* copy of them
+(`style_augment`: blur, gamma and simulated skull stripping). Brain MRI from other sources differs
+from the Kaggle scans in exactly these ways (resolution, contrast, research pipelines that strip
+the skull); anatomy is never augmented, so a chest film or an abdominal slice stays far.
 """
 
 from __future__ import annotations
@@ -22,6 +27,48 @@ FEATURES = ("pool", "stages", "dense", "generic", "joint")
 GENERIC_FILE = "ood_generic.keras"  # the frozen ImageNet extractor, stored with each model
 GENERIC_LAYERS = ("conv_pw_5_relu", "conv_pw_11_relu", "conv_pw_13_relu")
 N_STAGES = 3  # stage outputs pooled for `mahalanobis_stages` (the last three resolutions)
+STYLE_BLUR = (0.8, 2.5)  # Gaussian blur sigma in px at 224 px (scaled with the image size)
+STYLE_GAMMA = (0.6, 1.6)
+STYLE_STRIP = 0.5  # share of the copies whose skull is stripped
+STRIP_LEVEL, STRIP_ERODE = 0.08, 0.12  # head mask: intensity > 8 %, eroded by 12 % of the side
+STRIP_KEEP = 0.4  # strip only when the eroded mask keeps at least 40 % of the head mask
+
+
+def style_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Acquisition-style variants of brain scans: what other MRI sources look like.
+
+    Each batch gets one Gaussian blur (sigma drawn from `STYLE_BLUR`, in px at 224 px); each
+    image a gamma from `STYLE_GAMMA`; `STYLE_STRIP` of them a simulated skull stripping (the
+    head mask, intensity above `STRIP_LEVEL`, eroded by `STRIP_ERODE` of the side, keeps the
+    brain and drops the scalp and skull ring, as research pipelines do) — unless the eroded mask
+    keeps less than `STRIP_KEEP` of the head, which would leave a near-blank image.
+
+    Args:
+        images: `(n, size, size, 3)` float array in [0, 1] (gray scans repeated over channels).
+        rng: Random generator (the augmentation is reproducible from its seed).
+
+    Returns:
+        A float32 array of the same shape, in [0, 1].
+    """
+    import tensorflow as tf
+
+    x = np.asarray(images, np.float32)[..., :1]
+    n, size = len(x), x.shape[1]
+    sigma = rng.uniform(*STYLE_BLUR) * size / 224
+    radius = int(3 * sigma) + 1
+    taps = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
+    kernel = np.outer(taps, taps) / taps.sum() ** 2
+    x = tf.nn.conv2d(x, kernel[:, :, None, None].astype(np.float32), 1, "SAME").numpy()
+    x = np.clip(x, 0.0, 1.0) ** rng.uniform(*STYLE_GAMMA, (n, 1, 1, 1)).astype(np.float32)
+    mask = (x > STRIP_LEVEL).astype(np.float32)
+    width = int(size * STRIP_ERODE) | 1  # odd: the erosion stays centred
+    brain = -tf.nn.max_pool2d(-mask, width, 1, "SAME").numpy()  # erosion = −max-pool(−mask)
+    # strip only where a brain is left: eroding a small or fragmented mask leaves a blank image,
+    # and a blank image must stay far from every cluster
+    kept = brain.sum((1, 2, 3)) >= STRIP_KEEP * np.maximum(mask.sum((1, 2, 3)), 1.0)
+    strip = (rng.random(n) < STYLE_STRIP) & kept
+    x[strip] *= brain[strip]
+    return np.repeat(x, 3, -1).astype(np.float32)
 
 
 def stage_layers(model, last: str, n: int = N_STAGES) -> list[str]:

@@ -4,8 +4,11 @@ An OOD folder has one sub-folder per kind (`chest_xray/`, `photo/`, ...); folder
 hold brain MRI from other sources, which must be *accepted*. Head CT files (`CT_head...`) form a
 kind of their own. Within each non-brain kind, files alternate by sha256 between the *select* part
 (choosing the method) and the *report* part; `brain*` kinds are all reported. Synthetic images
-(blank, noise, gradients), scikit-image's sample photographs (when installed) and non-brain-MR
-files bundled with pydicom are always in the select part, so the method can be chosen offline.
+(blank, noise, gradients), scikit-image's sample photographs, the non-brain-MR files bundled with
+pydicom and pydicom-data, and brain MRI from other sources (slices of nilearn's MNI152 template,
+matplotlib's sample head MRI, a pydicom-data brain MR crop; to be accepted) are always in the
+select part, so the method can be chosen offline (each set is skipped when its package is not
+installed).
 """
 
 from __future__ import annotations
@@ -27,6 +30,21 @@ SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard"
 PYDICOM_FILES = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "CT_small.dcm", "JPEG2000.dcm",
                  "examples_overlay.dcm", "MR_small.dcm", "examples_rgb_color.dcm",
                  "examples_jpeg2k.dcm", "examples_palette.dcm")  # fmt: skip
+# pydicom-data's larger files (`pip install pydicom-data`), by kind; `brain_mri_other` must be
+# accepted (emri_small: a 64 px crop of a brain MR). 693_UNCI is 693_J2KI uncompressed: left out.
+PYDICOM_DATA_FILES = {
+    "eCT_Supplemental.dcm": "head_ct", "MR-SIEMENS-DICOM-WithOverlays.dcm": "other_medical",
+    "MR2_UNCI.dcm": "other_medical", "explicit_VR-UN.dcm": "other_medical",
+    "bad_sequence.dcm": "other_medical", "OBXXXX1A.dcm": "other_medical",
+    "US1_UNCI.dcm": "other_medical", "gdcm-US-ALOKA-16.dcm": "other_medical",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm": "other_medical", "JPEG-LL.dcm": "other_medical",
+    "RG3_UNCI.dcm": "other_medical", "RG1_UNCI.dcm": "chest_xray",
+    "emri_small.dcm": "brain_mri_other",
+}  # fmt: skip
+MNI_FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"  # inside nilearn
+# slices of the MNI152 2009a T1 template (skull-stripped): (axis, index) in its 197×233×189 grid
+MNI_SLICES = {"axial_low": (2, 70), "axial_mid": (2, 95), "axial_high": (2, 125),
+              "sagittal": (0, 80), "coronal": (1, 130)}  # fmt: skip
 HEAD_CT_NAMES = ("ct_head", "head_ct", "ct-head", "head-ct")
 
 
@@ -76,25 +94,73 @@ def skimage_images() -> list[dict]:
     return items
 
 
-def pydicom_images() -> list[dict]:
-    """pydicom's bundled CT, NM, US and non-brain MR files as 8-bit PNG (first frame)."""
+def _dicom_png(path, middle: bool) -> bytes:
+    """One frame of a DICOM file (the first, or the middle one) as an 8-bit PNG."""
     import pydicom
-    from pydicom.data import get_testdata_file
     from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if ds.PhotometricInterpretation in dicom.PHOTOMETRIC:
+        frames = arr.reshape(-1, *arr.shape[-2:])
+        arr = dicom.frame_pixels(ds, frames[len(frames) // 2 if middle else 0], 0, dicom.PERCENTILES)[0]  # fmt: skip
+    elif ds.PhotometricInterpretation == "PALETTE COLOR":
+        arr = (apply_color_lut(arr, ds) // 256).astype(np.uint8)
+    return png(arr[0] if arr.ndim == 4 else arr)
+
+
+def pydicom_images() -> list[dict]:
+    """pydicom's bundled CT, NM, US and non-brain MR files (first frame; kind `dicom_other`) and,
+    when `pydicom-data` is installed, its files of `PYDICOM_DATA_FILES` (middle frame), as PNG."""
+    from pydicom.data import get_testdata_file
 
     items = []
     for name in PYDICOM_FILES:
         try:
-            ds = pydicom.dcmread(get_testdata_file(name))
-            arr = ds.pixel_array
-            if ds.PhotometricInterpretation in dicom.PHOTOMETRIC:
-                arr = dicom.frame_pixels(ds, arr.reshape(-1, *arr.shape[-2:])[0], 0, dicom.PERCENTILES)[0]  # fmt: skip
-            elif ds.PhotometricInterpretation == "PALETTE COLOR":
-                arr = (apply_color_lut(arr, ds) // 256).astype(np.uint8)
-            arr = arr[0] if arr.ndim == 4 else arr
+            items.append(_item("dicom_other", f"pydicom/{name}", _dicom_png(get_testdata_file(name), False)))  # fmt: skip
         except Exception:  # a file this pydicom cannot decode is skipped
             continue
-        items.append(_item("dicom_other", f"pydicom/{name}", png(arr)))
+    try:
+        import data_store  # pydicom-data
+
+        folder = Path(data_store.__file__).parent / "data"
+    except ImportError:
+        return items
+    for name, kind in PYDICOM_DATA_FILES.items():
+        try:
+            raw = _dicom_png(folder / name, True)
+        except Exception:  # missing or undecodable
+            continue
+        expect = "accept" if kind.startswith("brain") else "reject"
+        items.append(_item(kind, f"pydicom-data/{name}", raw, expect=expect))
+    return items
+
+
+def brain_images() -> list[dict]:
+    """Brain MRI from other sources, to accept: slices of nilearn's MNI152 T1 template (when
+    nilearn is installed) and matplotlib's sample head MRI (`s1045.ima.gz`), as PNG."""
+    items = []
+    try:
+        from matplotlib.cbook import get_sample_data
+
+        with get_sample_data("s1045.ima.gz") as fh:
+            mri = np.frombuffer(fh.read(), np.uint16).reshape(256, 256).astype(float)
+        items.append(_item("brain_mri_other", "matplotlib/s1045", png(np.round(mri / mri.max() * 255)), expect="accept"))  # fmt: skip
+    except Exception:  # an older matplotlib without the sample
+        pass
+    try:
+        import importlib.util
+
+        import nibabel
+
+        spec = importlib.util.find_spec("nilearn")
+        volume = nibabel.load(Path(spec.submodule_search_locations[0]) / MNI_FILE).get_fdata()
+    except Exception:  # nilearn (or its template) not installed
+        return items
+    volume = np.round(volume / volume.max() * 255)
+    for name, (axis, index) in MNI_SLICES.items():
+        plane = np.take(volume, index, axis).T[::-1]  # superior / anterior at the top
+        items.append(_item("brain_mri_other", f"nilearn/mni152_{name}", png(plane), expect="accept"))  # fmt: skip
     return items
 
 
@@ -105,8 +171,9 @@ def _thumb(raw: bytes) -> np.ndarray:
 
 
 def bundled_images(exclude: list[dict] = ()) -> list[dict]:
-    """Synthetic, scikit-image and pydicom images, minus copies of `exclude` (thumbnail ρ ≥ 0.95)."""
-    items = synthetic_images() + skimage_images() + pydicom_images()
+    """Synthetic, scikit-image, pydicom(-data) images and brain MRI from other sources (all in the
+    select part), minus copies of `exclude` (thumbnail ρ ≥ 0.95)."""
+    items = synthetic_images() + skimage_images() + pydicom_images() + brain_images()
     if not exclude:
         return items
     seen = np.stack([_thumb(i["raw"]) for i in exclude])

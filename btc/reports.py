@@ -210,11 +210,14 @@ def ood_markdown(report: dict) -> str:
     rows = []
     for name, e in models.items():
         if e.get("selection_auroc"):
+            balanced = e.get("selection_kind_auroc") or {}
             shown = {m: "–" if m not in e["selection_auroc"] else f"{e['selection_auroc'][m]:.3f}"
                      + (f" / {e['report_auroc'][m]:.3f}" if e.get("report_auroc") else "")
+                     + (f" · {balanced[m]:.3f}" if m in balanced else "")
                      for m in OOD_METHODS}  # fmt: skip
             rows.append([name, *(f"**{v}**" if m == e["method"] else v for m, v in shown.items())])
-    lines = [f"Methods tried: AUROC on the select / report part (chosen in bold). Select part: "
+    lines = [f"Methods tried: AUROC on the select / report part · kind-balanced AUROC on the "
+             f"select part (it chooses; chosen in bold). Select part: "
              f"{report['parts']['select']}. Report part: {report['parts']['report']}.", "",
              *_table(["model", *OOD_METHODS], rows)]  # fmt: skip
     kinds = sorted({k for e in models.values() for k, p in e["rejected_by_kind"].items() if "report" in p})  # fmt: skip
@@ -234,6 +237,11 @@ def ood_markdown(report: dict) -> str:
               "(brain* kinds must be accepted):", "",
               *_table(["model", "AUROC", "FPR at 95 % TPR", "test rejected", "Br35H test groups rejected",
                        "Br35H all rejected", *kinds], rows)]  # fmt: skip
+    every = sorted({k for e in models.values() for k in e["rejected_by_kind"]})
+    rows = [[name, *(f"{p['all']['count']}/{p['all']['n']}" if (p := e["rejected_by_kind"].get(k)) else "–"
+                     for k in every)] for name, e in models.items()]  # fmt: skip
+    lines += ["", "Rejected / images per kind, select and report parts together (the select part "
+              "chose the method; brain* kinds must be accepted):", "", *_table(["model", *every], rows)]  # fmt: skip
     rows = []
     for name, e in models.items():
         s, v, n = e["selective"], e["val_selective"], e["status_counts"]

@@ -47,3 +47,49 @@ def test_fit_gaussian_handles_dead_and_collinear_units_and_is_exact_mahalanobis(
     expected = np.array([[(x - m) @ precision @ (x - m) for m in means] for x in g[:5]])
     got = (((g[:5] @ stats["whiten"])[:, None, :] - stats["means_w"][None]) ** 2).sum(-1)
     np.testing.assert_allclose(got, expected, rtol=1e-3)
+
+
+def _head(size: int = 96) -> np.ndarray:
+    """A synthetic axial head: brain texture inside a bright skull ring, on black."""
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    r = np.hypot(xx, yy * 1.2)
+    rng = np.random.default_rng(1)
+    img = np.where(r < 0.40, 0.45 + 0.1 * rng.random((size, size)), 0.0)
+    img = np.where((r >= 0.40) & (r < 0.46), 0.95, img)  # scalp and skull
+    return np.repeat(img[..., None], 3, -1).astype(np.float32)
+
+
+def test_style_augment_blurs_changes_contrast_and_strips_the_skull_reproducibly():
+    x = np.stack([_head()] * 16)
+    out = oodfeatures.style_augment(x, np.random.default_rng(0))
+    again = oodfeatures.style_augment(x, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, again)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1 and np.allclose(out[..., 0], out[..., 2])
+    size = x.shape[1]
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    r = np.hypot(xx, yy * 1.2)
+    ring, centre = (r >= 0.41) & (r < 0.45), r < 0.2
+    ring_mean = out[..., 0][:, ring].mean(1)
+    stripped = ring_mean < 0.05  # the skull ring is gone, the brain is kept
+    assert 0 < stripped.sum() < len(x)
+    assert (out[..., 0][:, centre].mean(1) > 0.1).all()
+    assert (ring_mean[~stripped] > 0.3).all()
+
+    # blur: less pixel-to-pixel texture in the brain, relative to its brightness
+    pairs = centre[:, 1:] & centre[:, :-1]
+
+    def roughness(a):
+        a = a[..., 0]
+        return np.abs(np.diff(a, axis=-1))[:, pairs].mean(1) / a[:, centre].mean(1)
+
+    assert (roughness(out) < 0.6 * roughness(x)).all()
+
+
+def test_style_augment_never_blanks_a_small_head():
+    size = 96
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    small = np.where(np.hypot(xx, yy) < 0.08, 0.6, 0.0)  # erosion by 12 % of the side empties it
+    x = np.repeat(np.repeat(small[None, ..., None], 3, -1), 16, 0).astype(np.float32)
+    out = oodfeatures.style_augment(x, np.random.default_rng(0))
+    assert (out[..., 0].max((1, 2)) > 0.3).all()

@@ -22,5 +22,13 @@ def test_folder_parts_alternate_within_each_kind_and_brain_is_reported(tmp_path)
                      ("head_ct", "select"): 1, ("other_medical", "report"): 1}  # fmt: skip
     assert {i["expect"] for i in items if i["kind"].startswith("brain")} == {"accept"}
     assert [i["part"] for i in oodsets.folder_images(tmp_path)] == [i["part"] for i in items]
-    kinds = {i["kind"] for i in oodsets.bundled_images()}
+    bundled = oodsets.bundled_images()
+    kinds = {i["kind"] for i in bundled}
     assert {"synthetic", "dicom_other"} <= kinds  # always there offline
+    assert {i["part"] for i in bundled} == {"select"}
+    # the dev extras bring brain MRI of other sources (to accept) and more CT / MR / US files
+    brains = [i["name"] for i in bundled if i["expect"] == "accept"]
+    assert {i["kind"] for i in bundled if i["expect"] == "accept"} == {"brain_mri_other"}
+    assert "matplotlib/s1045" in brains and "nilearn/mni152_sagittal" in brains
+    assert "pydicom-data/emri_small.dcm" in brains
+    assert {"head_ct", "other_medical"} <= {i["kind"] for i in bundled if i["name"].startswith("pydicom-data/")}  # fmt: skip
