@@ -16,11 +16,14 @@ the train split plus the external set's *train* groups (Br35H tumour scans, "tum
 unknown"), so a brain MRI from that source is not far from every cluster. Each score is scaled by
 its validation distribution (0 = median, 1 = the `accept_rate` quantile) and combined with a
 colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its pixels coloured
-is not a scan) by taking the maximum; a coloured image is rejected whatever the threshold (`rejected`). The method is chosen per model by AUROC on the *selection*
-part (validation and held-out external-train brain scans against synthetic, bundled and half of
-the OOD folder's images); numbers are reported on the rest. The threshold accepts `accept_rate`
-of each in-distribution source: the validation split and the external train groups scored by a
-fit without them (two folds of groups). The features and the Gaussian fit live in
+is not a scan) by taking the maximum; a coloured image is rejected whatever the threshold
+(`rejected`). The Gaussians are also fitted on a style-augmented copy of the train split (blur,
+gamma, simulated skull stripping), so brain MRI from other sources are not far. The method is
+chosen per model by kind-balanced AUROC on the *select* part (validation, held-out
+external-train and bundled other-source brain scans against synthetic, bundled and half of the
+OOD folder's images); numbers are reported on the rest. The threshold accepts `accept_rate` of
+the in-distribution brain scans pooled: the validation split and the external train groups
+scored by a fit without them (two folds of groups). The features and the Gaussian fit live in
 `btc.oodfeatures`; the fitting and the report in `btc.oodeval` (called by 03_evaluate); the numbers
 in `btc.oodmetrics`.
 """
