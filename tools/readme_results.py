@@ -161,11 +161,11 @@ def section(preset: str = "quick", also: list[str] | None = None) -> str:
                              f"{100 * sc['box_area']:.1f} |")  # fmt: skip
         lines += ["", f"Recommended demo method per model (sanity CI below 0.5 and best pointing): "
                       f"{ext_sal['recommended']}.", ""]  # fmt: skip
-    ood_report = _load(ROOT / "results" / "03_evaluate" / "ood_report.json")
+    ood_report = _load(config.RESULTS_DIR / "03_evaluate" / "ood_report.json")
     if ood_report:
         lines += ["Out-of-distribution rejection and selective prediction (03, `ood_report.json`):", "",
                   ood_markdown(ood_report), ""]  # fmt: skip
-    lite = _load(ROOT / "results" / "litert.json")  # benchmarks/litert.py on the repo's models
+    lite = _load(config.RESULTS_DIR / "litert.json")  # benchmarks/litert.py on the run's models
     if lite:
         lines += [f"LiteRT export (`benchmarks/litert.py`, test split, the models in `models/` when it "
                   f"ran: {lite.get('models_note', f'{preset} preset')}; load average "
