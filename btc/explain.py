@@ -34,13 +34,16 @@ class Explainer:
         smooth_samples: Noisy samples of SmoothGrad.
         smooth_noise: Noise level of SmoothGrad (fraction of the input range).
         scorecam_max_n: Channels used by Faster-ScoreCAM.
+        seed: Seed of SmoothGrad's noise (tf-keras-vis draws it from NumPy's global generator,
+            which is restored afterwards), so that a call's maps do not depend on what ran before.
         clone: Work on a copy (default). `False` modifies `model` in place (its output becomes
             linear for the gradient methods), which lets a caller change weights between calls.
     """
 
     def __init__(self, model: keras.Model, gradcam_layer: str, smooth_samples: int = 20,
-                 smooth_noise: float = 0.15, scorecam_max_n: int = 16, clone: bool = True):  # fmt: skip
-        self.model, self.layer, self.clone = model, gradcam_layer, clone
+                 smooth_noise: float = 0.15, scorecam_max_n: int = 16, clone: bool = True,
+                 seed: int = 0):  # fmt: skip
+        self.model, self.layer, self.clone, self.seed = model, gradcam_layer, clone, seed
         self.smooth_samples, self.smooth_noise, self.max_n = (
             smooth_samples,
             smooth_noise,
@@ -81,8 +84,13 @@ class Explainer:
         tool = self._tool(method)
         if method in ("saliency", "smoothgrad"):
             if method == "smoothgrad":  # SmoothGrad-Squared: the variant that passes ROAR
-                maps = tool(score, images, smooth_samples=self.smooth_samples,
-                            smooth_noise=self.smooth_noise, gradient_modifier=lambda g: g * g)  # fmt: skip
+                state = np.random.get_state()
+                np.random.seed(self.seed)
+                try:
+                    maps = tool(score, images, smooth_samples=self.smooth_samples,
+                                smooth_noise=self.smooth_noise, gradient_modifier=lambda g: g * g)  # fmt: skip
+                finally:
+                    np.random.set_state(state)
             else:
                 maps = tool(score, images)
         elif method == "scorecam":
