@@ -66,24 +66,6 @@ def _scale(val_score: np.ndarray, accept_rate: float) -> dict:
     return {"median": median, "spread": max(spread, 1e-6 * max(abs(median), 1.0))}
 
 
-def kind_balanced_auroc(inside: dict[str, np.ndarray], outside: dict[str, np.ndarray]) -> float:
-    """How well a score separates every kind to accept from every kind to reject, each pair alike.
-
-    Args:
-        inside: Scores of each kind that must be accepted (validation scans, held-out Br35H scans,
-            brain MRI from other sources).
-        outside: Scores of each kind that must be rejected (chest X-ray, head CT, photos, ...).
-
-    Returns:
-        The mean AUROC over all (inside kind, outside kind) pairs: 2 head CTs weigh as much as 13
-        photographs, and the few brain MRI of other sources as much as 977 validation scans. No
-        threshold, so one image near it does not flip the choice.
-    """
-    pairs = [oodmetrics.auroc(a, b) for a in inside.values() for b in outside.values()
-             if len(a) and len(b)]  # fmt: skip
-    return float(np.mean(pairs)) if pairs else float("nan")
-
-
 def _pooled_threshold(sources: dict, accept_rate: float) -> float:
     """The `accept_rate` quantile of the in-distribution brain scans of every source, pooled."""
     pooled = np.concatenate(list(sources.values()))
@@ -158,9 +140,8 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
     """Fit, choose the method, store `ood.npz`, `ood.json` (and the generic extractor); never
     reads the test sets.
 
-    The method is the one with the best `kind_balanced_auroc` on the select part of `images`
-    (then the best plain AUROC of the in-distribution scans and the select part's brain MRI from
-    other sources against its other images).
+    The method: the best `oodmetrics.kind_balanced_auroc` on the select part of `images` (then
+    the best plain AUROC of in-distribution and other-source brains against the other images).
 
     Returns:
         The stored info and every method's scaled score per set (`{method: {set: (n,)}}`).
@@ -184,7 +165,7 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
                                               score[select & ~accept]), 6)  # fmt: skip
         inside = sources | {k: score[accept & (kinds == k)] for k in np.unique(kinds[accept])}
         outside = {k: score[select & ~accept & (kinds == k)] for k in np.unique(kinds[select & ~accept])}  # fmt: skip
-        balanced[m] = round(kind_balanced_auroc(inside, outside), 6)
+        balanced[m] = round(oodmetrics.kind_balanced_auroc(inside, outside), 6)
     method = max(methods, key=lambda m: (balanced[m], selection[m], -oodfeatures.METHODS.index(m)))
     sources = {s: ood.combine(scaled[method][s], colours[s]) for s in brain}
     info = {
@@ -251,14 +232,6 @@ def _with_ci(point: dict, ci: dict) -> dict:
     return rounded | {f"{k}_ci": v for k, v in ci.items()}
 
 
-def _separation(inside: np.ndarray, outside: np.ndarray, n_resamples: int, seed: int) -> dict:
-    def numbers(a, b):
-        return {"auroc": oodmetrics.auroc(a, b), "fpr_at_95_tpr": oodmetrics.fpr_at_tpr(a, b)}
-
-    ci = oodmetrics.bootstrap(numbers, [[inside], [outside]], n_resamples, seed)
-    return _with_ci(numbers(inside, outside), ci)
-
-
 def _external_rejected(out_of: dict) -> dict | None:
     """Br35H tumour scans rejected: held-out test groups, all groups (train groups scored by the
     stored fit, which saw them) and the train groups scored by a fit without their fold."""
@@ -302,7 +275,9 @@ def _report(info: dict, member: dict, colours: dict, images: list[dict], n_boots
         out["rejected_by_kind"][kind]["all"] = _rate(out_of["images"][mask])
     reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
     if reported.any():
-        out["report"] = _separation(score["test"], score["images"][reported], n_bootstrap, seed)
+        out["report"] = _with_ci(
+            *oodmetrics.separation(score["test"], score["images"][reported], n_bootstrap, seed)
+        )
     for image, s in zip(images, score["images"]):
         image.setdefault("scores", {})[info["model"]] = round(float(s), 4)
     return out
@@ -327,7 +302,7 @@ def fit_and_report(
     """Fit and store each model's OOD statistics and thresholds; report them on held-out images.
 
     Per model: class means and a shared covariance on the train split; each candidate score
-    scaled on validation; the method with the best `kind_balanced_auroc` on the select part; the OOD threshold
+    scaled on validation; the method with the best `oodmetrics.kind_balanced_auroc` on the select part; the OOD threshold
     accepting `accept_rate` of validation scans; the confidence threshold for `target_error` on
     the accepted ones (`models/<name>/ood.npz`, `ood.json`). The ensemble averages its members'
     scaled scores and has thresholds of its own (`models/ensemble_ood.json`). The test split, the

@@ -145,3 +145,40 @@ def bootstrap(fn, groups: Sequence[Sequence[np.ndarray]], n_resamples: int = 100
         ok = values[~np.isnan(values)]
         out[key] = [round(float(v), 6) for v in np.percentile(ok, q)] if len(ok) else [None, None]
     return out
+
+
+def kind_balanced_auroc(inside: dict[str, np.ndarray], outside: dict[str, np.ndarray]) -> float:
+    """How well a score separates every kind to accept from every kind to reject, each pair alike.
+
+    Args:
+        inside: Scores of each kind that must be accepted (validation scans, held-out Br35H scans,
+            brain MRI from other sources).
+        outside: Scores of each kind that must be rejected (chest X-ray, head CT, photos, ...).
+
+    Returns:
+        The mean AUROC over all (inside kind, outside kind) pairs: 2 head CTs weigh as much as 13
+        photographs, and the few brain MRI of other sources as much as 977 validation scans. No
+        threshold, so one image near it does not flip the choice.
+    """
+    pairs = [auroc(a, b) for a in inside.values() for b in outside.values()
+             if len(a) and len(b)]  # fmt: skip
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
+def separation(inside: np.ndarray, outside: np.ndarray, n_resamples: int, seed: int):
+    """AUROC and FPR at 95 % TPR of in-distribution (`inside`) against OOD scores, and their CIs.
+
+    Args:
+        inside: Scores of in-distribution scans (higher = less like them).
+        outside: Scores of OOD images.
+        n_resamples: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Returns:
+        `(point, ci)`: `{"auroc", "fpr_at_95_tpr"}` and `bootstrap`'s CI of each.
+    """
+
+    def numbers(a, b):
+        return {"auroc": auroc(a, b), "fpr_at_95_tpr": fpr_at_tpr(a, b)}
+
+    return numbers(inside, outside), bootstrap(numbers, [[inside], [outside]], n_resamples, seed)

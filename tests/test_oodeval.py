@@ -131,9 +131,9 @@ def test_kind_balanced_auroc_weighs_every_pair_of_kinds_the_same():
     outside = {"photo": np.full(13, 5.0), "head_ct": np.array([0.5, 2.5])}
     pairs = {("val", "photo"): 1.0, ("val", "head_ct"): 0.75, ("brain_mri_other", "photo"): 1.0,
              ("brain_mri_other", "head_ct"): 0.25}  # fmt: skip
-    assert oodeval.kind_balanced_auroc(inside, outside) == pytest.approx(np.mean(list(pairs.values())))  # fmt: skip
+    assert oodmetrics.kind_balanced_auroc(inside, outside) == pytest.approx(np.mean(list(pairs.values())))  # fmt: skip
     plain = oodmetrics.auroc(np.r_[val, 2.0, 3.0], np.r_[np.full(13, 5.0), 0.5, 2.5])
-    assert plain > 0.9 > oodeval.kind_balanced_auroc(inside, outside)  # pooled, photos dominate
+    assert plain > 0.9 > oodmetrics.kind_balanced_auroc(inside, outside)  # pooled, photos dominate
 
 
 def test_style_copies_of_the_train_split_are_fitted_as_the_same_classes():
