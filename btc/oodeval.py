@@ -77,10 +77,9 @@ def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, mi
     """The OOD threshold and, on the validation scans it accepts, the confidence threshold.
 
     The OOD threshold is the `accept_rate` quantile of the in-distribution brain scans pooled
-    (`val`, and `ext_train_held_out` when there is an external set). Not the highest of each
-    source's own quantile: the 97.5 % quantile of 163 near-copy-grouped Br35H scans is their 5th
-    highest score, so that rule let the smallest source's few outliers set the threshold. Each
-    source's own quantile and accepted share are reported (`source_thresholds`, `accepted`).
+    (`val`, and `ext_train_held_out` when there is an external set), not the highest of each
+    source's own, which let the 5th-highest of 163 Br35H scans set it. Each source's own quantile
+    and accepted share are reported (`source_thresholds`, `accepted`).
     """
     per_source = {k: _pooled_threshold({k: v}, accept_rate) for k, v in sources.items()}
     threshold = _pooled_threshold(sources, accept_rate)
@@ -301,10 +300,11 @@ def fit_and_report(
 ) -> dict:  # fmt: skip
     """Fit and store each model's OOD statistics and thresholds; report them on held-out images.
 
-    Per model: class means and a shared covariance on the train split; each candidate score
-    scaled on validation; the method with the best `oodmetrics.kind_balanced_auroc` on the select part; the OOD threshold
-    accepting `accept_rate` of validation scans; the confidence threshold for `target_error` on
-    the accepted ones (`models/<name>/ood.npz`, `ood.json`). The ensemble averages its members'
+    Per model: class means and a shared covariance on the train split and its style-augmented
+    copy; each candidate score scaled on validation; the method with the best
+    `oodmetrics.kind_balanced_auroc` on the select part; the OOD threshold accepting
+    `accept_rate` of the validation and held-out Br35H scans, pooled; the confidence threshold
+    for `target_error` on the accepted validation scans (`models/<name>/ood.npz`, `ood.json`). The ensemble averages its members'
     scaled scores and has thresholds of its own (`models/ensemble_ood.json`). The test split, the
     external test groups and the report part of `ood_dir` are only reported on.
 
@@ -316,7 +316,8 @@ def fit_and_report(
         ood_dir: Non-brain images, one folder per kind (`brain*` folders must be accepted);
             default `$BTC_OOD_DIR`. Without one the method is chosen on synthetic and bundled
             images only and the OOD-image report is skipped with a note.
-        accept_rate: Share of in-distribution validation scans the OOD threshold accepts.
+        accept_rate: Share of in-distribution brain scans (validation and held-out Br35H,
+            pooled) the OOD threshold accepts.
         target_error: Highest error rate on the scans answered (validation).
         min_answered: Fewest answered validation scans (default `ceil(3 / target_error)`).
         n_bootstrap: Bootstrap resamples of the 95 % CIs.
