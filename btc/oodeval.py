@@ -27,7 +27,8 @@ PARTS = (
     "validation (+ external-train) brain scans and the brain MRI of other sources bundled with "
     "nilearn, matplotlib and pydicom-data (to accept) vs synthetic, scikit-image and pydicom(-data) "
     "images and every other file of each OOD-folder kind (to reject): chooses the method",
-    "test split, external test groups, the other OOD-folder files and all brain* files: reported",
+    "test split, external test groups, the other OOD-folder files, all brain* files and the ITK / "
+    "mricron images of Debian packages (when installed): reported",
 )
 
 
@@ -153,18 +154,11 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
     scales = {m: _scale(raw["val"][m], fit_args[0]) for m in methods}
     scaled = {m: {s: ood.normalise(r[m], scales[m]) for s, r in raw.items()} for m in methods}
     brain = [s for s in ("val", "ext_train_held_out") if s in raw]
-    select = np.array([i["part"] == "select" for i in images])
-    accept = select & np.array([i["expect"] == "accept" for i in images])
-    kinds = np.array([i["kind"] for i in images])
     selection, balanced = {}, {}
     for m in methods:
         sources = {s: ood.combine(scaled[m][s], colours[s]) for s in brain}
         score = ood.combine(scaled[m]["images"], colours["images"])
-        selection[m] = round(oodmetrics.auroc(np.concatenate([*sources.values(), score[accept]]),
-                                              score[select & ~accept]), 6)  # fmt: skip
-        inside = sources | {k: score[accept & (kinds == k)] for k in np.unique(kinds[accept])}
-        outside = {k: score[select & ~accept & (kinds == k)] for k in np.unique(kinds[select & ~accept])}  # fmt: skip
-        balanced[m] = round(oodmetrics.kind_balanced_auroc(inside, outside), 6)
+        selection[m], balanced[m] = oodmetrics.selection_aurocs(sources, score, images)
     method = max(methods, key=lambda m: (balanced[m], selection[m], -oodfeatures.METHODS.index(m)))
     sources = {s: ood.combine(scaled[method][s], colours[s]) for s in brain}
     info = {
@@ -348,7 +342,7 @@ def fit_and_report(
         raise ValueError("`ood_dir` must be a folder with one sub-folder of images per kind. "
                          f"Received: ood_dir={str(ood_dir)!r}")  # fmt: skip
     folder = oodsets.folder_images(ood_dir) if ood_dir else []
-    images = oodsets.bundled_images(exclude=folder) + folder
+    images = oodsets.bundled_images(exclude=folder) + folder + oodsets.system_images()
     reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
     frames = {s: (manifest, s) for s in config.SPLITS}
     ext = external.load_external(manifest_path.with_name("external.csv"))

@@ -165,6 +165,27 @@ def kind_balanced_auroc(inside: dict[str, np.ndarray], outside: dict[str, np.nda
     return float(np.mean(pairs)) if pairs else float("nan")
 
 
+def selection_aurocs(sources: dict[str, np.ndarray], score: np.ndarray, images: list[dict]):
+    """One method's plain and kind-balanced AUROC on the select part of the OOD images.
+
+    Args:
+        sources: In-distribution scores by source (e.g. `val`), all to accept.
+        score: The score of every OOD image (higher = more out of distribution).
+        images: Their dicts (`part`, `expect`, `kind`) from `btc.oodsets`; only `part == "select"`
+            is used: accepted kinds join `sources` inside, the rejected kinds are outside.
+
+    Returns:
+        `(auroc, kind_balanced_auroc)`, rounded to 6 digits.
+    """
+    select = np.array([i["part"] == "select" for i in images])
+    accept = select & np.array([i["expect"] == "accept" for i in images])
+    reject, kinds = select & ~accept, np.array([i["kind"] for i in images])
+    plain = auroc(np.concatenate([*sources.values(), score[accept]]), score[reject])
+    inside = sources | {k: score[accept & (kinds == k)] for k in np.unique(kinds[accept])}
+    outside = {k: score[reject & (kinds == k)] for k in np.unique(kinds[reject])}
+    return round(plain, 6), round(kind_balanced_auroc(inside, outside), 6)
+
+
 def separation(inside: np.ndarray, outside: np.ndarray, n_resamples: int, seed: int):
     """AUROC and FPR at 95 % TPR of in-distribution (`inside`) against OOD scores, and their CIs.
 

@@ -8,7 +8,8 @@ kind of their own. Within each non-brain kind, files alternate by sha256 between
 pydicom and pydicom-data, and brain MRI from other sources (slices of nilearn's MNI152 template,
 matplotlib's sample head MRI, a pydicom-data brain MR crop; to be accepted) are always in the
 select part, so the method can be chosen offline (each set is skipped when its package is not
-installed).
+installed). Images from two Debian packages (ITK's examples, mricron's templates) are always in the
+report part: a check on sources nothing was chosen on.
 """
 
 from __future__ import annotations
@@ -46,6 +47,27 @@ MNI_FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"  # i
 MNI_SLICES = {"axial_low": (2, 70), "axial_mid": (2, 95), "axial_high": (2, 125),
               "sagittal": (0, 80), "coronal": (1, 130)}  # fmt: skip
 HEAD_CT_NAMES = ("ct_head", "head_ct", "ct-head", "head-ct")
+# Held-out images from Debian packages (`apt-get install insighttoolkit5-examples mricron-data`),
+# never used to choose anything: ITK's example brain MR slices (BrainWeb T1 / PD, a mid-sagittal
+# slice, a low-resolution coronal T1 volume) and slices of mricron's Colin27 T1 with skull (`ch2`)
+# to accept; ITK's abdominal MR slice, a rat thorax MR slice and Visible Woman cryosection photographs
+# to reject. (kind, expect, file, slice as (axis, index) of a volume or None)
+ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+MRICRON_DATA = Path("/usr/share/mricron/templates")
+SYSTEM_FILES = {
+    "itk/BrainT1Slice": ("brain_mri_other", "accept", ITK_DATA / "BrainT1Slice.png", None),
+    "itk/BrainProtonDensitySlice": ("brain_mri_other", "accept", ITK_DATA / "BrainProtonDensitySlice.png", None),
+    "itk/BrainMidSagittalSlice": ("brain_mri_other", "accept", ITK_DATA / "BrainMidSagittalSlice.png", None),
+    "itk/KmeansTest_T1_coronal": ("brain_mri_other", "accept", ITK_DATA / "KmeansTest_T1UCharRaw.nii.gz", (2, 31)),
+    "mricron/ch2_axial_mid": ("brain_mri_other", "accept", MRICRON_DATA / "ch2.nii.gz", (2, 100)),
+    "mricron/ch2_axial_low": ("brain_mri_other", "accept", MRICRON_DATA / "ch2.nii.gz", (2, 60)),
+    "mricron/ch2_coronal": ("brain_mri_other", "accept", MRICRON_DATA / "ch2.nii.gz", (1, 108)),
+    "mricron/ch2_sagittal": ("brain_mri_other", "accept", MRICRON_DATA / "ch2.nii.gz", (0, 90)),
+    "itk/FatMRISlice": ("other_medical", "reject", ITK_DATA / "FatMRISlice.png", None),
+    "itk/RatLungSlice1": ("other_medical", "reject", ITK_DATA / "RatLungSlice1.mha", None),
+    "itk/VisibleWomanHeadSlice": ("photo", "reject", ITK_DATA / "VisibleWomanHeadSlice.png", None),
+    "itk/VisibleWomanEyeSlice": ("photo", "reject", ITK_DATA / "VisibleWomanEyeSlice.png", None),
+}  # fmt: skip
 
 
 def png(array: np.ndarray) -> bytes:
@@ -161,6 +183,38 @@ def brain_images() -> list[dict]:
     for name, (axis, index) in MNI_SLICES.items():
         plane = np.take(volume, index, axis).T[::-1]  # superior / anterior at the top
         items.append(_item("brain_mri_other", f"nilearn/mni152_{name}", png(plane), expect="accept"))  # fmt: skip
+    return items
+
+
+def _system_png(path: Path, plane: tuple[int, int] | None) -> bytes:
+    if path.suffix == ".png":
+        return path.read_bytes()
+    if path.suffix == ".mha":  # ITK MetaImage header: `DimSize = w h`, raw uint8 in `.raw`
+        header = dict(
+            line.split(" = ", 1) for line in path.read_text().splitlines() if " = " in line
+        )
+        width, height = (int(v) for v in header["DimSize"].split())
+        return png(np.fromfile(path.with_name(header["ElementDataFile"]), np.uint8).reshape(height, width))  # fmt: skip
+    import nibabel
+
+    volume = np.take(np.asarray(nibabel.load(path).dataobj, dtype=float), plane[1], plane[0])
+    volume = (volume - volume.min()) / max(np.ptp(volume), 1e-9)
+    return png(np.round(volume.T[::-1] * 255))  # superior / anterior at the top
+
+
+def system_images() -> list[dict]:
+    """Held-out images from Debian packages (ITK examples, mricron templates), all in the *report*
+    part; each file is skipped when its package is not installed or it cannot be read.
+
+    Returns:
+        Dicts as `folder_images` returns, named `itk/...` or `mricron/...`.
+    """
+    items = []
+    for name, (kind, expect, path, plane) in SYSTEM_FILES.items():
+        try:
+            items.append(_item(kind, name, _system_png(path, plane), "report", expect))
+        except Exception:  # package not installed, or an unreadable file
+            continue
     return items
 
 

@@ -136,6 +136,21 @@ def test_kind_balanced_auroc_weighs_every_pair_of_kinds_the_same():
     assert plain > 0.9 > oodmetrics.kind_balanced_auroc(inside, outside)  # pooled, photos dominate
 
 
+def test_selection_uses_only_the_select_part_and_brains_count_as_inside():
+    images = [{"part": "select", "expect": "accept", "kind": "brain_mri_other"},
+              {"part": "select", "expect": "reject", "kind": "photo"},
+              {"part": "select", "expect": "reject", "kind": "head_ct"},
+              {"part": "report", "expect": "reject", "kind": "photo"},
+              {"part": "report", "expect": "accept", "kind": "brain_mri_other"}]  # fmt: skip
+    sources = {"val": np.array([0.0, 0.2, 0.4, 0.6])}
+    score = np.array([0.5, 3.0, 0.3, -1.0, 9.0])  # the report-part scores would flip both
+    plain, balanced = oodmetrics.selection_aurocs(sources, score, images)
+    # inside: val + the select brain (0.5); outside: photo 3.0, head CT 0.3 (beats 0.4, 0.5, 0.6)
+    assert plain == pytest.approx((5 + 2) / 10)
+    pairs = [1.0, 0.5, 1.0, 0.0]  # (val, photo), (val, head CT), (brain, photo), (brain, head CT)
+    assert balanced == pytest.approx(np.mean(pairs))
+
+
 def test_style_copies_of_the_train_split_are_fitted_as_the_same_classes():
     outs = _blobs()
     styled = {k: v.copy() for k, v in outs["train"].items()}

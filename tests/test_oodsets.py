@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pandas as pd
+import pytest
+from PIL import Image
 
 from btc import oodsets
 from tests import images
@@ -32,3 +37,34 @@ def test_folder_parts_alternate_within_each_kind_and_brain_is_reported(tmp_path)
     assert "matplotlib/s1045" in brains and "nilearn/mni152_sagittal" in brains
     assert "pydicom-data/emri_small.dcm" in brains
     assert {"head_ct", "other_medical"} <= {i["kind"] for i in bundled if i["name"].startswith("pydicom-data/")}  # fmt: skip
+
+
+def test_system_volumes_and_metaimages_become_oriented_pngs(tmp_path):
+    import nibabel
+
+    volume = np.zeros((6, 5, 4))
+    volume[1, 3, 2] = 7.0  # x=1, y=3 (anterior), slice z=2
+    nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), tmp_path / "v.nii.gz")
+    with Image.open(io.BytesIO(oodsets._system_png(tmp_path / "v.nii.gz", (2, 2)))) as img:
+        plane = np.asarray(img)
+    assert plane.shape == (5, 6) and plane.max() == 255
+    assert np.argwhere(plane == 255).tolist() == [[5 - 1 - 3, 1]]  # anterior at the top
+    raw = (np.arange(12, dtype=np.uint8) * 20).reshape(3, 4)  # 3 rows of width 4
+    raw.tofile(tmp_path / "s.raw")
+    (tmp_path / "s.mha").write_text("ObjectType = Image\nDimSize = 4 3\nElementType = MET_UCHAR\n"
+                                    "ElementDataFile = s.raw\n")  # fmt: skip
+    with Image.open(io.BytesIO(oodsets._system_png(tmp_path / "s.mha", None))) as img:
+        np.testing.assert_array_equal(np.asarray(img), raw)
+
+
+@pytest.mark.skipif(not oodsets.ITK_DATA.is_dir(), reason="insighttoolkit5-examples not installed")
+def test_system_images_are_all_held_out_for_the_report():
+    items = oodsets.system_images()
+    assert len(items) >= 9 and {i["part"] for i in items} == {"report"}
+    accept = {i["name"] for i in items if i["expect"] == "accept"}
+    assert {"itk/BrainT1Slice", "itk/BrainMidSagittalSlice"} <= accept
+    assert all(i["kind"] == "brain_mri_other" for i in items if i["name"] in accept)
+    assert "itk/FatMRISlice" in {i["name"] for i in items if i["expect"] == "reject"}
+    for item in items:  # every one decodes as an image of a sensible size
+        with Image.open(io.BytesIO(item["raw"])) as img:
+            assert min(img.size) >= 100, item["name"]
