@@ -27,10 +27,15 @@ SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard"
                    "clock", "coffee", "coins", "colorwheel", "grass", "gravel", "horse",
                    "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon",
                    "page", "retina", "rocket", "text")  # fmt: skip
-# pydicom's bundled images that are not brain MR: head CT, chest CT, NM, abdominal and joint MR, US
-PYDICOM_FILES = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "CT_small.dcm", "JPEG2000.dcm",
-                 "examples_overlay.dcm", "MR_small.dcm", "examples_rgb_color.dcm",
-                 "examples_jpeg2k.dcm", "examples_palette.dcm")  # fmt: skip
+# pydicom's bundled images that are not brain MR, by kind: two head CTs (693_J2KI, and
+# J2K_pixelrep_mismatch: a skull-base slice whose bone wraps to black), chest CT, abdominal and
+# joint MR, ultrasound
+PYDICOM_FILES = {
+    "693_J2KI.dcm": "head_ct", "J2K_pixelrep_mismatch.dcm": "head_ct", "CT_small.dcm": "other_medical",
+    "JPEG2000.dcm": "other_medical", "examples_overlay.dcm": "other_medical",
+    "MR_small.dcm": "other_medical", "examples_rgb_color.dcm": "other_medical",
+    "examples_jpeg2k.dcm": "other_medical", "examples_palette.dcm": "other_medical",
+}  # fmt: skip
 # pydicom-data's larger files (`pip install pydicom-data`), by kind; `brain_mri_other` must be
 # accepted (emri_small: a 64 px crop of a brain MR). 693_UNCI is 693_J2KI uncompressed: left out.
 PYDICOM_DATA_FILES = {
@@ -47,13 +52,15 @@ MNI_FILE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"  # i
 MNI_SLICES = {"axial_low": (2, 70), "axial_mid": (2, 95), "axial_high": (2, 125),
               "sagittal": (0, 80), "coronal": (1, 130)}  # fmt: skip
 HEAD_CT_NAMES = ("ct_head", "head_ct", "ct-head", "head-ct")
-# Held-out images from Debian packages (`apt-get install insighttoolkit5-examples mricron-data`),
-# never used to choose anything: ITK's example brain MR slices (BrainWeb T1 / PD, a mid-sagittal
-# slice, a low-resolution coronal T1 volume) and slices of mricron's Colin27 T1 with skull (`ch2`)
-# to accept; ITK's abdominal MR slice, a rat thorax MR slice and Visible Woman cryosection photographs
-# to reject. (kind, expect, file, slice as (axis, index) of a volume or None)
+# Held-out images from Debian packages (`apt-get install insighttoolkit5-examples mricron-data
+# invesalius-examples`), never used to choose anything: ITK's example brain MR slices (BrainWeb
+# T1 / PD, a mid-sagittal slice, a low-resolution coronal T1 volume) and slices of mricron's
+# Colin27 T1 with skull (`ch2`) to accept; 4 slices of InVesalius' head CT (one patient, brain
+# window), ITK's abdominal MR slice, a rat thorax MR slice and Visible Woman cryosection
+# photographs to reject. (kind, expect, file, slice as (axis, index) of a volume or None)
 ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
 MRICRON_DATA = Path("/usr/share/mricron/templates")
+INVESALIUS_DATA = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 SYSTEM_FILES = {
     "itk/BrainT1Slice": ("brain_mri_other", "accept", ITK_DATA / "BrainT1Slice.png", None),
     "itk/BrainProtonDensitySlice": ("brain_mri_other", "accept", ITK_DATA / "BrainProtonDensitySlice.png", None),
@@ -63,6 +70,7 @@ SYSTEM_FILES = {
     "mricron/ch2_axial_low": ("brain_mri_other", "accept", MRICRON_DATA / "ch2.nii.gz", (2, 60)),
     "mricron/ch2_coronal": ("brain_mri_other", "accept", MRICRON_DATA / "ch2.nii.gz", (1, 108)),
     "mricron/ch2_sagittal": ("brain_mri_other", "accept", MRICRON_DATA / "ch2.nii.gz", (0, 90)),
+    **{f"invesalius/Cranium_CT_{z}": ("head_ct", "reject", INVESALIUS_DATA, (0, z)) for z in (40, 55, 70, 85)},
     "itk/FatMRISlice": ("other_medical", "reject", ITK_DATA / "FatMRISlice.png", None),
     "itk/RatLungSlice1": ("other_medical", "reject", ITK_DATA / "RatLungSlice1.mha", None),
     "itk/VisibleWomanHeadSlice": ("photo", "reject", ITK_DATA / "VisibleWomanHeadSlice.png", None),
@@ -132,14 +140,14 @@ def _dicom_png(path, middle: bool) -> bytes:
 
 
 def pydicom_images() -> list[dict]:
-    """pydicom's bundled CT, NM, US and non-brain MR files (first frame; kind `dicom_other`) and,
-    when `pydicom-data` is installed, its files of `PYDICOM_DATA_FILES` (middle frame), as PNG."""
+    """pydicom's bundled CT, US and non-brain MR files of `PYDICOM_FILES` (first frame) and, when
+    `pydicom-data` is installed, its files of `PYDICOM_DATA_FILES` (middle frame), as PNG."""
     from pydicom.data import get_testdata_file
 
     items = []
-    for name in PYDICOM_FILES:
+    for name, kind in PYDICOM_FILES.items():
         try:
-            items.append(_item("dicom_other", f"pydicom/{name}", _dicom_png(get_testdata_file(name), False)))  # fmt: skip
+            items.append(_item(kind, f"pydicom/{name}", _dicom_png(get_testdata_file(name), False)))
         except Exception:  # a file this pydicom cannot decode is skipped
             continue
     try:
@@ -186,9 +194,27 @@ def brain_images() -> list[dict]:
     return items
 
 
+def _invesalius_slice(path: Path, index: int, level: float = 40, width: float = 80) -> np.ndarray:
+    """Axial slice `index` of an InVesalius CT project in a brain window (HU), as uint8."""
+    import plistlib
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers()}
+        main = plistlib.loads(tar.extractfile(members["main.plist"]).read())["matrix"]
+        shape = main["shape"]
+        fh = tar.extractfile(members[main["filename"]])
+        fh.seek(index * shape[1] * shape[2] * np.dtype(main["dtype"]).itemsize)
+        hu = np.frombuffer(fh.read(shape[1] * shape[2] * np.dtype(main["dtype"]).itemsize), main["dtype"])  # fmt: skip
+    hu = hu.reshape(shape[1:])[::-1]  # anterior at the top, as a viewer shows it
+    return np.round(np.clip((hu - level + width / 2) / width, 0, 1) * 255)
+
+
 def _system_png(path: Path, plane: tuple[int, int] | None) -> bytes:
     if path.suffix == ".png":
         return path.read_bytes()
+    if path.suffix == ".inv3":  # an InVesalius project: a tar.gz with main.plist and matrix.dat
+        return png(_invesalius_slice(path, plane[1]))
     if path.suffix == ".mha":  # ITK MetaImage header: `DimSize = w h`, raw uint8 in `.raw`
         header = dict(
             line.split(" = ", 1) for line in path.read_text().splitlines() if " = " in line

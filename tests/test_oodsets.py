@@ -29,7 +29,10 @@ def test_folder_parts_alternate_within_each_kind_and_brain_is_reported(tmp_path)
     assert [i["part"] for i in oodsets.folder_images(tmp_path)] == [i["part"] for i in items]
     bundled = oodsets.bundled_images()
     kinds = {i["kind"] for i in bundled}
-    assert {"synthetic", "dicom_other"} <= kinds  # always there offline
+    assert {"synthetic", "head_ct", "other_medical"} <= kinds  # always there offline
+    assert {i["kind"] for i in bundled if i["name"] == "pydicom/J2K_pixelrep_mismatch.dcm"} == {
+        "head_ct"
+    }
     assert {i["part"] for i in bundled} == {"select"}
     # the dev extras bring brain MRI of other sources (to accept) and more CT / MR / US files
     brains = [i["name"] for i in bundled if i["expect"] == "accept"]
@@ -55,6 +58,29 @@ def test_system_volumes_and_metaimages_become_oriented_pngs(tmp_path):
                                     "ElementDataFile = s.raw\n")  # fmt: skip
     with Image.open(io.BytesIO(oodsets._system_png(tmp_path / "s.mha", None))) as img:
         np.testing.assert_array_equal(np.asarray(img), raw)
+
+
+def test_invesalius_projects_give_a_brain_window_axial_slice(tmp_path):
+    import plistlib
+    import tarfile
+
+    hu = np.zeros((3, 4, 5), np.int16)
+    hu[1] = [[-1000], [0], [40], [2000]]  # air, water, grey matter, bone along the rows of slice 1
+    hu[1, 0, 0] = 60
+    files = {"main.plist": plistlib.dumps({"matrix": {"dtype": "int16", "filename": "matrix.dat",
+                                                      "shape": [3, 4, 5]}}),
+             "matrix.dat": hu.tobytes()}  # fmt: skip
+    with tarfile.open(tmp_path / "p.inv3", "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"tmpdir/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    plane = oodsets._invesalius_slice(tmp_path / "p.inv3", 1)
+    assert plane.shape == (4, 5)
+    # rows flipped (anterior up); brain window L40 W80: 0 HU and below black, 40 mid-grey, 80+ white
+    np.testing.assert_array_equal(plane[:, 1], [255, 128, 0, 0])
+    assert plane[3, 0] == 191  # 60 HU
+    assert not oodsets._invesalius_slice(tmp_path / "p.inv3", 0).any()
 
 
 @pytest.mark.skipif(not oodsets.ITK_DATA.is_dir(), reason="insighttoolkit5-examples not installed")
