@@ -271,8 +271,9 @@ def _report(info: dict, member: dict, colours: dict, images: list[dict], n_boots
         out["report"] = _with_ci(
             *oodmetrics.separation(score["test"], score["images"][reported], n_bootstrap, seed)
         )
-    for image, s in zip(images, score["images"]):
+    for image, s, r in zip(images, score["images"], out_of["images"]):
         image.setdefault("scores", {})[info["model"]] = round(float(s), 4)
+        image.setdefault("rejected", {})[info["model"]] = bool(r)
     return out
 
 

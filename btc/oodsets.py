@@ -233,12 +233,13 @@ def system_images() -> list[dict]:
     part; each file is skipped when its package is not installed or it cannot be read.
 
     Returns:
-        Dicts as `folder_images` returns, named `itk/...` or `mricron/...`.
+        Dicts as `folder_images` returns, named `itk/...`, `mricron/...` or `invesalius/...`, with
+        `held_out: True`.
     """
     items = []
     for name, (kind, expect, path, plane) in SYSTEM_FILES.items():
         try:
-            items.append(_item(kind, name, _system_png(path, plane), "report", expect))
+            items.append(_item(kind, name, _system_png(path, plane), "report", expect) | {"held_out": True})  # fmt: skip
         except Exception:  # package not installed, or an unreadable file
             continue
     return items

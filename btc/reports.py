@@ -242,6 +242,15 @@ def ood_markdown(report: dict) -> str:
                      for k in every)] for name, e in models.items()]  # fmt: skip
     lines += ["", "Rejected / images per kind, select and report parts together (the select part "
               "chose the method; brain* kinds must be accepted):", "", *_table(["model", *every], rows)]  # fmt: skip
+    held = [i for i in report["images"] if i.get("held_out") and "rejected" in i]
+    if held:
+        rows = [[i["name"], i["kind"], i["expect"],
+                 *(f"{'rejected' if i['rejected'][n] else 'accepted'} ({i['scores'][n]:.2f})" for n in models)]
+                for i in held]  # fmt: skip
+        lines += ["", "Held-out images from Debian packages (sources nothing was chosen on), per image: "
+                  "the answer (OOD score):", "",
+                  *_table(["image", "kind", "wanted", *(f"{n} (threshold {e['ood_threshold']:.2f})"
+                                                        for n, e in models.items())], rows)]  # fmt: skip
     rows = []
     for name, e in models.items():
         s, v, n = e["selective"], e["val_selective"], e["status_counts"]

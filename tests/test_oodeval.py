@@ -87,6 +87,15 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(ood_fitted):
     together = markdown.split("select and report parts together")[1].split("Selective")[0]
     synthetic = saved["models"]["cnn"]["rejected_by_kind"]["synthetic"]["all"]
     assert f"{synthetic['count']}/{synthetic['n']}" in together.split("| cnn |")[1].split("\n")[0]
+    for image in saved["images"]:  # the per-image answer agrees with the score and threshold
+        for name, e in saved["models"].items():
+            above = image["scores"][name] > e["ood_threshold"]
+            assert image["rejected"][name] is True or not above  # below: accepted unless coloured
+    held = [i for i in saved["images"] if i.get("held_out")]  # Debian packages, when installed
+    assert ("Held-out images from Debian" in markdown) == bool(held)
+    assert all(i["part"] == "report" for i in held)
+    if held:
+        assert f"| {held[0]['name']} | {held[0]['kind']} |" in markdown
 
 
 def test_ood_threshold_accepts_accept_rate_of_each_validation_source(ood_fitted, ood_loaded):
