@@ -8,8 +8,8 @@ kind of their own. Within each non-brain kind, files alternate by sha256 between
 pydicom and pydicom-data, and brain MRI from other sources (slices of nilearn's MNI152 template,
 matplotlib's sample head MRI, a pydicom-data brain MR crop; to be accepted) are always in the
 select part, so the method can be chosen offline (each set is skipped when its package is not
-installed). Images from two Debian packages (ITK's examples, mricron's templates) are always in the
-report part: a check on sources nothing was chosen on.
+installed). Images from three Debian packages (ITK's examples, mricron's templates, InVesalius'
+example head CT) are always in the report part: a check on sources nothing was chosen on.
 """
 
 from __future__ import annotations
@@ -219,6 +219,8 @@ def _system_png(path: Path, plane: tuple[int, int] | None) -> bytes:
         header = dict(
             line.split(" = ", 1) for line in path.read_text().splitlines() if " = " in line
         )
+        if header.get("ElementType") != "MET_UCHAR":
+            raise ValueError(f"{path}: only MET_UCHAR MetaImages are read")
         width, height = (int(v) for v in header["DimSize"].split())
         return png(np.fromfile(path.with_name(header["ElementDataFile"]), np.uint8).reshape(height, width))  # fmt: skip
     import nibabel
@@ -229,8 +231,9 @@ def _system_png(path: Path, plane: tuple[int, int] | None) -> bytes:
 
 
 def system_images() -> list[dict]:
-    """Held-out images from Debian packages (ITK examples, mricron templates), all in the *report*
-    part; each file is skipped when its package is not installed or it cannot be read.
+    """Held-out images from Debian packages (`SYSTEM_FILES`: ITK examples, mricron templates,
+    InVesalius' head CT), all in the *report* part; each file is skipped when its package is not
+    installed or it cannot be read.
 
     Returns:
         Dicts as `folder_images` returns, named `itk/...`, `mricron/...` or `invesalius/...`, with
