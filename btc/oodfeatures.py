@@ -32,6 +32,7 @@ STYLE_GAMMA = (0.6, 1.6)
 STYLE_STRIP = 0.5  # share of the copies whose skull is stripped
 STRIP_LEVEL, STRIP_ERODE = 0.08, 0.12  # head mask: intensity > 8 %, eroded by 12 % of the side
 STRIP_KEEP = 0.4  # strip only when the eroded mask keeps at least 40 % of the head mask
+STYLE_ORIENT = 0.5  # share of the copies turned or flipped (one of the square's 7 other symmetries)
 
 
 def style_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -41,7 +42,9 @@ def style_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     image a gamma from `STYLE_GAMMA`; `STYLE_STRIP` of them a simulated skull stripping (the
     head mask, intensity above `STRIP_LEVEL`, eroded by `STRIP_ERODE` of the side, keeps the
     brain and drops the scalp and skull ring, as research pipelines do) — unless the eroded mask
-    keeps less than `STRIP_KEEP` of the head, which would leave a near-blank image.
+    keeps less than `STRIP_KEEP` of the head, which would leave a near-blank image; and
+    `STYLE_ORIENT` of them a turn by 90°, 180° or 270° or a flip (a slice written from a NIfTI
+    volume without reorienting it, or shown in the other left–right convention).
 
     Args:
         images: `(n, size, size, 3)` float array in [0, 1] (gray scans repeated over channels).
@@ -68,6 +71,9 @@ def style_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     kept = brain.sum((1, 2, 3)) >= STRIP_KEEP * np.maximum(mask.sum((1, 2, 3)), 1.0)
     strip = (rng.random(n) < STYLE_STRIP) & kept
     x[strip] *= brain[strip]
+    for i in np.flatnonzero(rng.random(n) < STYLE_ORIENT):
+        k = int(rng.integers(1, 8))  # 1–3: turns; 4–7: a turn by (k − 4) × 90°, then transposed
+        x[i] = np.rot90(x[i], k % 4) if k < 4 else np.rot90(x[i], k % 4).swapaxes(0, 1)
     return np.repeat(x, 3, -1).astype(np.float32)
 
 

@@ -58,6 +58,8 @@ HEAD_CT_NAMES = ("ct_head", "head_ct", "ct-head", "head-ct")
 # Colin27 T1 with skull (`ch2`) to accept; 4 slices of InVesalius' head CT (one patient, brain
 # window), ITK's abdominal MR slice, a rat thorax MR slice and Visible Woman cryosection
 # photographs to reject. (kind, expect, file, slice as (axis, index) of a volume or None)
+# turned and flipped copies of the held-out brains (kind `brain_mri_turned`, to accept)
+TURNS = {"rot90": np.rot90, "rot180": lambda a: np.rot90(a, 2), "flip_lr": np.fliplr}
 ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
 MRICRON_DATA = Path("/usr/share/mricron/templates")
 INVESALIUS_DATA = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
@@ -237,14 +239,21 @@ def system_images() -> list[dict]:
 
     Returns:
         Dicts as `folder_images` returns, named `itk/...`, `mricron/...` or `invesalius/...`, with
-        `held_out: True`.
+        `held_out: True`; each brain also turned by 90° and 180° and flipped left–right
+        (`<name>@rot90`, ..., kind `brain_mri_turned`).
     """
     items = []
     for name, (kind, expect, path, plane) in SYSTEM_FILES.items():
         try:
-            items.append(_item(kind, name, _system_png(path, plane), "report", expect) | {"held_out": True})  # fmt: skip
+            raw = _system_png(path, plane)
         except Exception:  # package not installed, or an unreadable file
             continue
+        items.append(_item(kind, name, raw, "report", expect) | {"held_out": True})
+        if kind == "brain_mri_other":  # the same brain as other pipelines may write it
+            with Image.open(io.BytesIO(raw)) as img:
+                gray = np.asarray(img.convert("L"))
+            for turn, array in TURNS.items():
+                items.append(_item("brain_mri_turned", f"{name}@{turn}", png(array(gray)), "report", "accept") | {"held_out": True})  # fmt: skip
     return items
 
 

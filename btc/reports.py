@@ -242,7 +242,8 @@ def ood_markdown(report: dict) -> str:
                      for k in every)] for name, e in models.items()]  # fmt: skip
     lines += ["", "Rejected / images per kind, select and report parts together (the select part "
               "chose the method; brain* kinds must be accepted):", "", *_table(["model", *every], rows)]  # fmt: skip
-    held = [i for i in report["images"] if i.get("held_out") and "rejected" in i]
+    # turned copies (`name@rot90`) are counted in the per-kind tables (`brain_mri_turned`)
+    held = [i for i in report["images"] if i.get("held_out") and "rejected" in i and "@" not in i["name"]]  # fmt: skip
     if held:
         rows = [[i["name"], i["kind"], i["expect"],
                  *(f"{'rejected' if i['rejected'][n] else 'accepted'} ({i['scores'][n]:.2f})" for n in models)]

@@ -50,9 +50,10 @@ def test_fit_gaussian_handles_dead_and_collinear_units_and_is_exact_mahalanobis(
 
 
 def _head(size: int = 96) -> np.ndarray:
-    """A synthetic axial head: brain texture inside a bright skull ring, on black."""
+    """A synthetic axial head: brain texture inside a bright skull ring, on black (round, so
+    the ring stays where it is when a style copy is turned)."""
     yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
-    r = np.hypot(xx, yy * 1.2)
+    r = np.hypot(xx, yy)
     rng = np.random.default_rng(1)
     img = np.where(r < 0.40, 0.45 + 0.1 * rng.random((size, size)), 0.0)
     img = np.where((r >= 0.40) & (r < 0.46), 0.95, img)  # scalp and skull
@@ -68,10 +69,10 @@ def test_style_augment_blurs_changes_contrast_and_strips_the_skull_reproducibly(
     assert out.min() >= 0 and out.max() <= 1 and np.allclose(out[..., 0], out[..., 2])
     size = x.shape[1]
     yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
-    r = np.hypot(xx, yy * 1.2)
+    r = np.hypot(xx, yy)
     ring, centre = (r >= 0.41) & (r < 0.45), r < 0.2
     ring_mean = out[..., 0][:, ring].mean(1)
-    stripped = ring_mean < 0.05  # the skull ring is gone, the brain is kept
+    stripped = ring_mean < 0.15  # the skull ring is gone (blur spills a little), the brain kept
     assert 0 < stripped.sum() < len(x)
     assert (out[..., 0][:, centre].mean(1) > 0.1).all()
     assert (ring_mean[~stripped] > 0.3).all()
@@ -84,6 +85,18 @@ def test_style_augment_blurs_changes_contrast_and_strips_the_skull_reproducibly(
         return np.abs(np.diff(a, axis=-1))[:, pairs].mean(1) / a[:, centre].mean(1)
 
     assert (roughness(out) < 0.6 * roughness(x)).all()
+
+
+def test_style_augment_turns_or_flips_about_half_of_the_copies():
+    x = _head()
+    x[20:30, 24:32] = 1.0  # a bright mark inside the brain, off every axis of symmetry
+    out = oodfeatures.style_augment(np.stack([x] * 64), np.random.default_rng(0))[..., 0]
+    orbit = [np.rot90(x[..., 0], k) for k in range(4)]
+    orbit += [o.T for o in orbit]  # the 8 symmetries of the square
+    where = [int(np.argmax([np.corrcoef(o.ravel(), c.ravel())[0, 1] for o in orbit])) for c in out]
+    moved = np.mean(np.array(where) > 0)
+    assert 0.3 < moved < 0.7  # STYLE_ORIENT = 0.5 of 64 copies
+    assert len(set(where)) >= 6  # turns and flips, not one fixed transform
 
 
 def test_style_augment_never_blanks_a_small_head():

@@ -87,10 +87,17 @@ def test_invesalius_projects_give_a_brain_window_axial_slice(tmp_path):
 def test_system_images_are_all_held_out_for_the_report():
     items = oodsets.system_images()
     assert len(items) >= 9 and {i["part"] for i in items} == {"report"}
-    accept = {i["name"] for i in items if i["expect"] == "accept"}
+    accept = {i["name"] for i in items if i["kind"] == "brain_mri_other"}
     assert {"itk/BrainT1Slice", "itk/BrainMidSagittalSlice"} <= accept
-    assert all(i["kind"] == "brain_mri_other" for i in items if i["name"] in accept)
+    assert all(i["expect"] == "accept" for i in items if i["name"] in accept)
     assert "itk/FatMRISlice" in {i["name"] for i in items if i["expect"] == "reject"}
+    turned = {i["name"]: i for i in items if i["kind"] == "brain_mri_turned"}
+    assert len(turned) == 3 * len(accept) and {i["expect"] for i in turned.values()} == {"accept"}
+    by_name = {i["name"]: i for i in items}
+    with Image.open(io.BytesIO(by_name["itk/BrainT1Slice"]["raw"])) as img:
+        upright = np.asarray(img.convert("L"))
+    with Image.open(io.BytesIO(turned["itk/BrainT1Slice@rot90"]["raw"])) as img:
+        np.testing.assert_array_equal(np.asarray(img), np.rot90(upright))
     for item in items:  # every one decodes as an image of a sensible size
         with Image.open(io.BytesIO(item["raw"])) as img:
             assert min(img.size) >= 100, item["name"]
