@@ -17,7 +17,8 @@ unknown"), so a brain MRI from that source is not far from every cluster. Each s
 its validation distribution (0 = median, 1 = the `accept_rate` quantile) and combined with a
 colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its pixels coloured
 is not a scan) by taking the maximum; a coloured image is rejected whatever the threshold
-(`rejected`). The Gaussians are also fitted on a style-augmented copy of the train split (blur,
+(`rejected`), and so is an image nearer to simulated CT than to every brain cluster (the CT
+check, `btc.oodct`: head CT is the hardest kind). The Gaussians are also fitted on a style-augmented copy of the train split (blur,
 gamma, simulated skull stripping), so brain MRI from other sources are not far. The method is
 chosen per model by kind-balanced AUROC on the *select* part (validation, held-out
 external-train and bundled other-source brain scans against synthetic, bundled and half of the
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc import config, datasets, oodmetrics
+from btc import config, datasets, oodct, oodmetrics
 from btc.calibration import same_calibration
 from btc.config import MODELS_DIR
 from btc.oodfeatures import FEATURES, GENERIC_FILE
@@ -48,6 +49,7 @@ COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B excee
 # an image is in colour when more than 10 % of its pixels are: Kaggle and Br35H scans stay below
 # 5 % (JPEG chroma noise), the colour photographs and figures of ood-dev exceed 19 %
 COLOUR_FRACTION = 0.10
+CT_REASON = "looks like a CT scan (bright bone ring), not an MRI"
 STATS_FILE, THRESHOLDS_FILE, ENSEMBLE_FILE = "ood.npz", "ood.json", "ensemble_ood.json"
 UNAVAILABLE = "OOD checking unavailable: no fitted statistics for {} (run 03_evaluate)"
 LITERT_NOTE = ("LiteRT: status from the confidence threshold only (the OOD score needs the Keras "
@@ -109,21 +111,39 @@ def combine(feature_score: np.ndarray, colour: np.ndarray) -> np.ndarray:
     return np.maximum(feature_score, np.asarray(colour) / COLOUR_FRACTION)
 
 
-def rejected(score, colour, threshold: float):
-    """Whether inputs are out of distribution: above the OOD threshold, or in colour.
+def rejected(score, colour, threshold: float, ct=False):
+    """Whether inputs are out of distribution: above the OOD threshold, in colour, or CT-like.
 
     The colour check is a hard gate: MRI is grayscale, so a coloured image is refused even when a
     threshold fitted on atypical validation sources (scaled scores far above 1) would accept it.
+    So is the CT check (`btc.oodct`): nearer to simulated CT than to every brain cluster.
 
     Args:
         score: Combined OOD score(s) (`combine`).
         colour: `colour_fraction` of the input(s).
         threshold: The fitted OOD threshold.
+        ct: `ct_flags` of the input(s).
 
     Returns:
         A bool (or bool array, for array inputs).
     """
-    return (np.asarray(score) > threshold) | (np.asarray(colour) > COLOUR_FRACTION)
+    return (np.asarray(score) > threshold) | (np.asarray(colour) > COLOUR_FRACTION) | np.asarray(ct)
+
+
+def ct_flags(out: dict, stats_: dict) -> np.ndarray:
+    """The CT check of a `forward` output: `(n,)` bool (all `False` when it was not fitted).
+
+    Args:
+        out: `oodfeatures.forward` output.
+        stats_: `load_stats` output (`ood.npz` arrays `ct_*`, `ood.json` `ct_check`).
+
+    Returns:
+        Whether each image is nearer to simulated CT than to every brain cluster.
+    """
+    check = stats_["info"].get("ct_check")
+    if not check or "ct_whiten" not in stats_["arrays"]:
+        return np.zeros(len(out["probs"]), bool)
+    return oodct.margins(out[check["part"]], stats_["arrays"]) > 0
 
 
 RISK_BOUNDS = ("point", "upper")
@@ -178,7 +198,7 @@ def fit_confidence_threshold(confidence: np.ndarray, correct: np.ndarray, target
 
 
 def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold, target_met=True,
-              colour: float = 0.0) -> str:  # fmt: skip
+              colour: float = 0.0, ct: bool = False) -> str:  # fmt: skip
     """The status of one prediction.
 
     Args:
@@ -190,13 +210,14 @@ def status_of(ood_score, ood_threshold, confidence: float, confidence_threshold,
             not, every answer is uncertain).
         colour: `colour_fraction` of the input (the hard colour gate of `rejected`; applied
             with the OOD score only).
+        ct: `ct_flags` of the input (the CT gate; with the OOD score only).
 
     Returns:
-        `"out_of_distribution"` when `rejected` (above the OOD threshold or in colour), else
+        `"out_of_distribution"` when `rejected` (above the OOD threshold, in colour or CT-like), else
         `"uncertain"` below the confidence threshold, else `"predicted"`.
     """
     if ood_score is not None and ood_threshold is not None:
-        if rejected(ood_score, colour, ood_threshold):
+        if rejected(ood_score, colour, ood_threshold, ct):
             return "out_of_distribution"
     if not target_met or (confidence_threshold is not None and confidence < confidence_threshold):
         return "uncertain"
@@ -265,7 +286,7 @@ def load_ensemble(models_dir: str | Path = MODELS_DIR) -> dict | None:
 
 
 def assess(info: dict | None, confidence: float, feature: float | None, colour: float,
-           note: str | None = None) -> dict:  # fmt: skip
+           note: str | None = None, ct: bool = False) -> dict:  # fmt: skip
     """The status fields of one record: `status`, `ood_score`, `thresholds`, `status_note`.
 
     Args:
@@ -274,6 +295,7 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
         feature: Scaled feature score (`None` without features, e.g. LiteRT).
         colour: `colour_fraction` of the input.
         note: Why something is unavailable.
+        ct: `ct_flags` of the input (`True`: nearer to simulated CT than to every brain cluster).
 
     Returns:
         `status`, `ood_score` (`None` without features), `thresholds` (`ood`, `confidence`,
@@ -285,7 +307,7 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
                 "status_note": note or "OOD checking unavailable"}  # fmt: skip
     score = None if feature is None else float(combine(feature, colour))
     status = status_of(score, info["ood_threshold"], confidence, info["confidence_threshold"],
-                       info["target_met"], colour)  # fmt: skip
+                       info["target_met"], colour, bool(ct))  # fmt: skip
     if not info["target_met"] and status == "uncertain":
         note = note or "no confidence threshold met the target error on validation"
     thresholds = {"ood": None if feature is None else info["ood_threshold"],
@@ -294,7 +316,7 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
                   "fitted_on": info.get("fitted_on", {}).get("thresholds", "val")}  # fmt: skip
     reason = None
     if status == "out_of_distribution":
-        reason = "colour image" if colour > COLOUR_FRACTION else (
-            "unlike the training scans")  # fmt: skip
+        reason = ("colour image" if colour > COLOUR_FRACTION else "unlike the training scans"
+                  if score > info["ood_threshold"] else CT_REASON)  # fmt: skip
     return {"status": status, "ood_score": None if score is None else round(score, 4),
             "thresholds": thresholds, "ood_reason": reason, "status_note": note}  # fmt: skip

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from btc import artifacts, config, datasets, ood, oodfeatures, oodmetrics, oodsets
+from btc import artifacts, config, datasets, ood, oodct, oodfeatures, oodmetrics, oodsets
 from btc.artifacts import run_model_names
 from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
 
 OOD_DIR_ENV = "BTC_OOD_DIR"
 FIT_SETS = ("train", "train_style")  # what the Gaussians are fitted on: never scored or reported
+CT_SET = "train_ct"  # simulated CT copies of the train scans (`oodct.ct_like`): the CT check's fit
 STYLE_SEED = 0
 PARTS = (
     "validation (+ external-train) brain scans and the brain MRI of other sources bundled with "
@@ -55,7 +56,9 @@ def _outputs(model, meta: dict, frames: dict, arrays: np.ndarray, batch_size: in
             styled = ((oodfeatures.style_augment(x.numpy(), rng), y) for x, y in ds)
             outs["train_style"] = oodfeatures.forward(model, fmodel, styled)
             outs["train_style"]["labels"] = outs["train"]["labels"]
-    for out in outs.values():
+            rng = np.random.default_rng(oodct.CT_SEED)
+            outs[CT_SET] = oodfeatures.forward(model, fmodel, ((oodct.ct_like(x.numpy(), rng), y) for x, y in ds))  # fmt: skip
+    for out in (o for s, o in outs.items() if s != CT_SET):
         calibrated = calibrate(out["probs"], meta)
         out["calibrated"] = calibrated[:, canonical]
     return outs
@@ -104,17 +107,23 @@ def _gaussians(outs: dict, ext_keep: np.ndarray | None = None) -> dict[str, np.n
     """`oodfeatures.fit_gaussian` of every feature set: the 4 classes of the train split (and of its
     style-augmented copy, `train_style`) and, as a fifth cluster ("tumour, type unknown"), the
     external train groups (those in `ext_keep`)."""
-    k, sets = len(CLASS_NAMES), [outs[s] for s in FIT_SETS if s in outs]
-    if "ext_train" in outs:
-        ext = outs["ext_train"]
-        keep = np.ones(len(ext["labels"]), bool) if ext_keep is None else ext_keep
-        sets.append({key: ext[key][keep] for key in (*_parts(outs), "labels")})
+    k, sets = len(CLASS_NAMES), _fit_sets(outs, ext_keep)
     labels = np.concatenate([s["labels"] for s in sets])  # external rows carry label k
     arrays = {}
     for part in _parts(outs):
         fitted = oodfeatures.fit_gaussian(np.concatenate([s[part] for s in sets]), labels, k + 1)
         arrays |= {f"{part}_{key}": value for key, value in fitted.items()}
     return arrays
+
+
+def _fit_sets(outs: dict, ext_keep: np.ndarray | None = None) -> list[dict]:
+    """The sets the Gaussians are fitted on: `FIT_SETS` and the external train groups (label k)."""
+    sets = [outs[s] for s in FIT_SETS if s in outs]
+    if "ext_train" in outs:
+        ext = outs["ext_train"]
+        keep = np.ones(len(ext["labels"]), bool) if ext_keep is None else ext_keep
+        sets.append({key: ext[key][keep] for key in (*_parts(outs), "labels")})
+    return sets
 
 
 def _held_out_scores(outs: dict) -> dict[str, np.ndarray]:
@@ -144,10 +153,13 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
     the best plain AUROC of in-distribution and other-source brains against the other images).
 
     Returns:
-        The stored info and every method's scaled score per set (`{method: {set: (n,)}}`).
+        The stored info, every method's scaled score per set (`{method: {set: (n,)}}`) and the
+        CT check's flags per set (`{}` when the method has none).
     """
     arrays = _gaussians(outs)
-    raw = {s: ood.raw_scores(out, arrays) for s, out in outs.items() if s not in FIT_SETS}
+    raw = {
+        s: ood.raw_scores(out, arrays) for s, out in outs.items() if s not in (*FIT_SETS, CT_SET)
+    }
     if "ext_train" in outs:
         raw["ext_train_held_out"] = _held_out_scores(outs)
     methods = [m for m in oodfeatures.METHODS if m in raw["val"]]
@@ -161,8 +173,14 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
         selection[m], balanced[m] = oodmetrics.selection_aurocs(sources, score, images)
     method = max(methods, key=lambda m: (balanced[m], selection[m], -oodfeatures.METHODS.index(m)))
     sources = {s: ood.combine(scaled[method][s], colours[s]) for s in brain}
+    ct_info, ct, part = {}, {}, method.removeprefix("mahalanobis_")
+    if CT_SET in outs and part in outs[CT_SET] and part != method:  # the CT check (`btc.oodct`)
+        feats = {s: outs[s.removesuffix("_held_out")][part] for s in raw}
+        ct_arrays, ct_info, ct = oodct.fit_check(_fit_sets(outs), outs[CT_SET][part], part, feats)
+        arrays |= ct_arrays
     info = {
         "model": name, "method": method, "scales": scales, "selection_auroc": selection,
+        **({"ct_check": ct_info} if ct_info else {}),
         "selection_kind_auroc": balanced,
         "stage_layers": oodfeatures.stage_layers(model, meta["gradcam_layer"]),
         **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
@@ -183,7 +201,7 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
     else:
         (folder / oodfeatures.GENERIC_FILE).unlink(missing_ok=True)
     config.write_json_atomic(folder / ood.THRESHOLDS_FILE, info)
-    return info, scaled
+    return info, scaled, ct
 
 
 def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[dict, dict]:
@@ -200,6 +218,7 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[
         "calibrated": {s: ensemble([members[n]["calibrated"][s] for n in names],
                                    [weights[n] for n in names]) for s in sets},
         "labels": members[names[0]]["labels"],
+        "ct": {s: np.any([members[n]["ct"][s] for n in names], 0) for s in members[names[0]]["ct"]},
     }  # fmt: skip
     brain = [s for s in ("val", "ext_train_held_out") if s in member["scaled"]]
     sources = {s: ood.combine(member["scaled"][s], colours[s]) for s in brain}
@@ -214,34 +233,13 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[
 # --- the report ----------------------------------------------------------------------------------
 
 
-def _rate(flags: np.ndarray) -> dict:
-    k, n = int(np.sum(flags)), len(flags)
-    return {"n": n, "count": k, "rate": round(k / n, 6) if n else None,
-            "ci": [round(v, 6) for v in oodmetrics.clopper_pearson(k, n)]}  # fmt: skip
-
-
-def _with_ci(point: dict, ci: dict) -> dict:
-    rounded = {k: None if v is None else round(v, 6) for k, v in point.items()}
-    return rounded | {f"{k}_ci": v for k, v in ci.items()}
-
-
-def _external_rejected(out_of: dict) -> dict | None:
-    """Br35H tumour scans rejected: held-out test groups, all groups (train groups scored by the
-    stored fit, which saw them) and the train groups scored by a fit without their fold."""
-    if "ext_test" not in out_of:
-        return None
-    out = {"test": _rate(out_of["ext_test"])}
-    if "ext_train" in out_of:
-        out["all"] = _rate(np.r_[out_of["ext_test"], out_of["ext_train"]])
-        out["train_held_out"] = _rate(out_of["ext_train_held_out"])
-    return out
-
-
 def _report(info: dict, member: dict, colours: dict, images: list[dict], n_bootstrap, seed) -> dict:
     """Test split, external test groups and OOD images of one model (or the ensemble)."""
     score = {s: ood.combine(v, colours[s]) for s, v in member["scaled"].items()}
     t, cal, y = info["ood_threshold"], member["calibrated"]["test"], member["labels"]["test"]
-    out_of = {s: ood.rejected(v, colours[s], t) for s, v in score.items()}
+    out_of = {
+        s: ood.rejected(v, colours[s], t, member["ct"].get(s, False)) for s, v in score.items()
+    }
     rejected = out_of["test"]
     limit = info["confidence_threshold"] if info["target_met"] else np.inf
     answered = ~rejected & (cal.max(1) >= limit)
@@ -251,29 +249,31 @@ def _report(info: dict, member: dict, colours: dict, images: list[dict], n_boots
     out = {
         "method": info["method"], "ood_threshold": t,
         "confidence_threshold": info["confidence_threshold"], "target_met": info["target_met"],
-        "val_selective": info["val_selective"], "test_rejected": _rate(rejected),
+        "val_selective": info["val_selective"], "test_rejected": oodmetrics.rate(rejected),
         "status_counts": {"predicted": int(answered.sum()), "out_of_distribution": int(rejected.sum()),
                           "uncertain": int((~rejected & ~answered).sum())},
-        "selective": _with_ci(oodmetrics.selective_metrics(ranking, correct, answered), selective),
-        "external_accepted": _rate(~out_of["ext_test"]) if "ext_test" in score else None,
-        "external_rejected": _external_rejected(out_of),
+        "selective": oodmetrics.with_ci(oodmetrics.selective_metrics(ranking, correct, answered), selective),
+        "external_accepted": oodmetrics.rate(~out_of["ext_test"]) if "ext_test" in score else None,
+        "external_rejected": oodmetrics.external_rejected(out_of),
         "rejected_by_kind": {}, "curve": oodmetrics.risk_coverage(ranking, correct),
     }  # fmt: skip
     for kind in sorted({i["kind"] for i in images}):
         for part in ("report", "select"):
             mask = np.array([i["kind"] == kind and i["part"] == part for i in images])
             if mask.any():
-                out["rejected_by_kind"].setdefault(kind, {})[part] = _rate(out_of["images"][mask])  # fmt: skip
+                out["rejected_by_kind"].setdefault(kind, {})[part] = oodmetrics.rate(out_of["images"][mask])  # fmt: skip
         mask = np.array([i["kind"] == kind for i in images])
-        out["rejected_by_kind"][kind]["all"] = _rate(out_of["images"][mask])
+        out["rejected_by_kind"][kind]["all"] = oodmetrics.rate(out_of["images"][mask])
     reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
     if reported.any():
-        out["report"] = _with_ci(
+        out["report"] = oodmetrics.with_ci(
             *oodmetrics.separation(score["test"], score["images"][reported], n_bootstrap, seed)
         )
-    for image, s, r in zip(images, score["images"], out_of["images"]):
+    ct = np.broadcast_to(member["ct"].get("images", False), len(images))
+    for image, s, r, c in zip(images, score["images"], out_of["images"], ct):
         image.setdefault("scores", {})[info["model"]] = round(float(s), 4)
         image.setdefault("rejected", {})[info["model"]] = bool(r)
+        image.setdefault("ct_like", {})[info["model"]] = bool(c)
     return out
 
 
@@ -365,11 +365,11 @@ def fit_and_report(
         if size not in generics:
             generics[size] = oodfeatures.generic_model(size)
         outs = _outputs(model, meta, frames, arrays, batch_size, generics[size])
-        fitted[name], scaled = _fit_model(name, model, models_dir, meta, outs, colours, images,
+        fitted[name], scaled, ct = _fit_model(name, model, models_dir, meta, outs, colours, images,
                                           fit_args, generics[size])  # fmt: skip
         fitted[name]["report_auroc"] = _method_aurocs(scaled, colours, reported)
-        members[name] = {"scaled": scaled[fitted[name]["method"]],
-                         "calibrated": {s: o["calibrated"] for s, o in outs.items() if s not in FIT_SETS},
+        members[name] = {"scaled": scaled[fitted[name]["method"]], "ct": ct,
+                         "calibrated": {s: o["calibrated"] for s, o in outs.items() if s not in (*FIT_SETS, CT_SET)},
                          "labels": {s: o["labels"] for s, o in outs.items() if "labels" in o}}  # fmt: skip
     if len(names) >= 2:
         fitted["ensemble"], members["ensemble"] = _fit_ensemble(names, members, models_dir, colours, fit_args)  # fmt: skip
@@ -377,7 +377,7 @@ def fit_and_report(
     for name, member in members.items():
         entries[name] = _report(fitted[name], member, colours, images, n_bootstrap, seed)
         entries[name] |= {k: fitted[name].get(k) for k in
-                          ("selection_auroc", "selection_kind_auroc", "report_auroc")}  # fmt: skip
+                          ("selection_auroc", "selection_kind_auroc", "report_auroc", "ct_check")}  # fmt: skip
     out = Path(results_dir or config.RESULTS_DIR) / "03_evaluate"
     curves = {n: e.pop("curve") for n, e in entries.items()}
     plots.risk_coverage(curves, {n: e["selective"] for n, e in entries.items()}, target_error,

@@ -203,3 +203,35 @@ def separation(inside: np.ndarray, outside: np.ndarray, n_resamples: int, seed: 
         return {"auroc": auroc(a, b), "fpr_at_95_tpr": fpr_at_tpr(a, b)}
 
     return numbers(inside, outside), bootstrap(numbers, [[inside], [outside]], n_resamples, seed)
+
+
+def rate(flags: np.ndarray) -> dict:
+    """`n`, `count` and `rate` of the flagged items, with its 95 % Clopper–Pearson `ci`."""
+    k, n = int(np.sum(flags)), len(flags)
+    return {"n": n, "count": k, "rate": round(k / n, 6) if n else None,
+            "ci": [round(v, 6) for v in clopper_pearson(k, n)]}  # fmt: skip
+
+
+def with_ci(point: dict, ci: dict) -> dict:
+    """Point values rounded to 6 digits, each with its CI as `<name>_ci`."""
+    rounded = {k: None if v is None else round(v, 6) for k, v in point.items()}
+    return rounded | {f"{k}_ci": v for k, v in ci.items()}
+
+
+def external_rejected(out_of: dict) -> dict | None:
+    """Br35H tumour scans rejected: held-out test groups, all groups (train groups scored by the
+    stored fit, which saw them) and the train groups scored by a fit without their fold.
+
+    Args:
+        out_of: Rejection flags per set (`ext_test`, `ext_train`, `ext_train_held_out`).
+
+    Returns:
+        `rate` of each (`test`, `all`, `train_held_out`), or `None` without an external set.
+    """
+    if "ext_test" not in out_of:
+        return None
+    out = {"test": rate(out_of["ext_test"])}
+    if "ext_train" in out_of:
+        out["all"] = rate(np.r_[out_of["ext_test"], out_of["ext_train"]])
+        out["train_held_out"] = rate(out_of["ext_train_held_out"])
+    return out

@@ -224,6 +224,7 @@ def predict(
                for item in expand_input(img, names[i] if names else f"image {i}")]  # fmt: skip
     per_model: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}  # each member's scaled OOD feature score
+    cts: dict[str, np.ndarray] = {}  # each member's CT check (`ood.ct_flags`)
     arrays: dict[int, np.ndarray] = {}
     for name in members:
         meta, loaded = models[name].metadata, models[name]
@@ -233,6 +234,7 @@ def predict(
         if runtime == "keras" and loaded.ood.get("available"):
             out = oodfeatures.forward(loaded.model, loaded.feature_model, arrays[size])  # one pass
             raw_probs, scores[name] = out["probs"], ood.feature_score(out, loaded.ood)
+            cts[name] = ood.ct_flags(out, loaded.ood)
         else:
             batches = [arrays[size][i : i + 64] for i in range(0, len(arrays[size]), 64)]
             # predict_on_batch runs the compiled graph: ~10 ms for one image vs ~130 ms eager
@@ -250,19 +252,24 @@ def predict(
         for n, rec in member_records.items():
             stats = models[n].ood
             rec.update(ood.assess(stats.get("info"), rec["confidence"],
-                                  scores[n][i] if n in scores else None, colours[i], stats.get("note")))  # fmt: skip
+                                  scores[n][i] if n in scores else None, colours[i], stats.get("note"),
+                                  bool(cts[n][i]) if n in cts else False))  # fmt: skip
         top = _record(combined[i], CLASS_NAMES)
         if model != ENSEMBLE or len(members) == 1:  # an ensemble of one is that model
             top.update(member_records[members[0]])
         else:
-            top.update(_ensemble_status(models, members, scores, i, top["confidence"], colours[i]))
+            ct = any(bool(cts[n][i]) for n in cts)  # any member's CT check refuses
+            top.update(
+                _ensemble_status(models, members, scores, i, top["confidence"], colours[i], ct)
+            )
         records.append({**top, "model": model, "input": name, "per_model": member_records,
                         "image": first[i], **extra, **({"dicom": info} if info else {})})  # fmt: skip
     return records
 
 
-def _ensemble_status(models, members, scores, i, confidence, colour) -> dict:
-    """The ensemble's status fields: its own thresholds, the mean of its members' scores."""
+def _ensemble_status(models, members, scores, i, confidence, colour, ct=False) -> dict:
+    """The ensemble's status fields: its own thresholds, the mean of its members' scores, the CT
+    check of any member."""
     missing = [models[n].ood.get("note") for n in members if not models[n].ood.get("available")]
     info = models[members[0]].ood.get("ensemble")
     info = None if missing or not info or sorted(info["members"]) != sorted(members) else info
@@ -271,7 +278,9 @@ def _ensemble_status(models, members, scores, i, confidence, colour) -> dict:
     feature = (
         float(np.mean([scores[n][i] for n in members])) if len(scores) == len(members) else None
     )
-    return ood.assess(info, confidence, feature, colour, note or models[members[0]].ood.get("note"))
+    return ood.assess(
+        info, confidence, feature, colour, note or models[members[0]].ood.get("note"), ct
+    )
 
 
 def predict_files(paths: Sequence[str | Path], model: str = ENSEMBLE, models: dict | None = None,

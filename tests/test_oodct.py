@@ -1,0 +1,116 @@
+"""Tests of btc.oodct: simulated CT, the CT check's fit, and its place in the status contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from btc import inputs, ood, oodct, oodfeatures, predict
+
+
+def _mri_head(size: int = 96) -> np.ndarray:
+    """An MRI-like axial head: bright scalp, dark skull, textured brain with dark ventricles."""
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    r = np.hypot(xx, yy)
+    rng = np.random.default_rng(2)
+    img = np.where(r < 0.46, 0.8, 0.0)  # scalp fat, bright on T1
+    img = np.where(r < 0.43, 0.05, img)  # cortical bone: no signal
+    brain = 0.5 + 0.25 * np.sin(xx * 40) * np.cos(yy * 35) + 0.05 * rng.random((size, size))
+    img = np.where(r < 0.40, brain, img)
+    img = np.where((np.abs(xx) < 0.06) & (np.abs(yy) < 0.12), 0.1, img)  # ventricles (CSF)
+    return np.repeat(img[..., None], 3, -1).astype(np.float32)
+
+
+def test_ct_like_puts_the_brightest_ring_where_the_skull_is_and_flattens_the_brain():
+    x = np.stack([_mri_head()] * 8)
+    out = oodct.ct_like(x, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, oodct.ct_like(x, np.random.default_rng(0)))  # reproducible
+    assert (
+        out.shape == x.shape and out.dtype == np.float32 and np.allclose(out[..., 0], out[..., 2])
+    )
+    assert out.min() >= 0 and out.max() <= 1
+    size = x.shape[1]
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    r = np.hypot(xx, yy)
+    g = out[..., 0]
+    assert (g[:, r > 0.49] == 0).all()  # outside the head: black
+    # the ring just inside the head edge is the bone, brighter than anything in the brain
+    edge = np.stack([np.max(np.where((r > 0.39) & (r < 0.46), gi, 0)) for gi in g])
+    centre = r < 0.3
+    assert (edge > 0.8).all() and (edge > g[:, centre].max(1)).all()
+    # the brain keeps its layout (CSF darker) at a fraction of the MRI's contrast
+    brain = (r < 0.3) & ~((np.abs(xx) < 0.08) & (np.abs(yy) < 0.14))
+    csf = (np.abs(xx) < 0.04) & (np.abs(yy) < 0.1)
+    assert (g[:, csf].mean(1) < g[:, brain].mean(1)).all()
+    assert (g[:, brain].std(1) < 0.6 * x[0, ..., 0][brain].std()).all()
+
+
+def test_margins_follow_the_nearest_mean_with_the_shared_covariance():
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 5.0, 0.2])
+    brain = np.concatenate([rng.normal(c, 1, (300, 3)) * scale for c in (0.0, 4.0)])
+    labels = np.repeat([0, 1], 300)
+    ct = rng.normal(-4.0, 1, (300, 3)) * scale
+    arrays = oodct.fit(brain, labels, ct, 2)
+    assert arrays["ct_means_w"].shape == (3, 3)
+    probe = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0], [-4.0, -4.0, -4.0]]) * scale
+    m = oodct.margins(probe, arrays)
+    assert m[0] < 0 and m[1] < 0 and m[2] > 0
+    # the same numbers as squared Mahalanobis distances with the pooled within-cluster covariance
+    full = oodfeatures.fit_gaussian(np.r_[brain, ct], np.r_[labels, np.full(300, 2)], 3)
+    z = probe @ full["whiten"]
+    d2 = ((z[:, None] - full["means_w"][None]) ** 2).sum(-1)
+    np.testing.assert_allclose(m, d2[:, :2].min(1) - d2[:, 2], rtol=1e-5, atol=1e-4)
+    _, info, flags = oodct.fit_check(
+        [{"joint": brain, "labels": labels}], ct, "joint", {"val": brain, "images": probe}
+    )
+    assert info["part"] == "joint" and info["flagged"]["val"] == float(np.mean(flags["val"]))
+    assert flags["images"].tolist() == [False, False, True] and flags["val"].mean() < 0.01
+
+
+def test_status_of_and_assess_refuse_a_ct_like_image():
+    assert ood.status_of(0.5, 1.0, 0.99, 0.9, ct=True) == "out_of_distribution"
+    assert ood.status_of(None, None, 0.99, 0.9, ct=True) == "predicted"  # gate needs features
+    info = {"ood_threshold": 1.0, "confidence_threshold": 0.9, "target_met": True,
+            "method": "mahalanobis_joint", "target_error": 0.02, "accept_rate": 0.975}  # fmt: skip
+    rec = ood.assess(info, 0.99, 0.5, 0.0, ct=True)
+    assert rec["status"] == "out_of_distribution" and rec["ood_reason"] == ood.CT_REASON
+    assert ood.assess(info, 0.99, 2.0, 0.0, ct=True)["ood_reason"] == "unlike the training scans"
+    assert ood.assess(info, 0.99, 0.5, 0.0)["status"] == "predicted"
+
+
+def test_the_ct_check_is_fitted_stored_and_applied_by_predict(ood_fitted, ood_loaded):
+    models_dir, manifest, report, _ = ood_fitted
+    for name in ("cnn", "mobilenet"):
+        info = json.loads((models_dir / name / ood.THRESHOLDS_FILE).read_text())
+        check = info["ct_check"]  # every method chosen on the tiny models is a Mahalanobis one
+        assert info["method"] == f"mahalanobis_{check['part']}"
+        assert 0 <= check["flagged"]["val"] <= 1
+        with np.load(models_dir / name / ood.STATS_FILE) as npz:
+            assert len(npz["ct_means_w"]) == len(npz[f"{check['part']}_means_w"]) + 1
+    flagged = [i["ct_like"]["ensemble"] for i in report["images"]]
+    assert all(i["rejected"]["ensemble"] for i, f in zip(report["images"], flagged) if f)
+    frame = pd.read_csv(manifest, keep_default_na=False)
+    scan = frame[frame.split == "val"].path.iloc[0]
+    before = predict.predict_files([scan], "ensemble", ood_loaded, models_dir)[0]
+    loaded = ood_loaded["cnn"]
+    arrays, size = loaded.ood["arrays"], loaded.metadata["image_size"]
+    saved = arrays["ct_means_w"].copy()
+    x = inputs.preprocess(open(scan, "rb").read(), size)[None]
+    out = oodfeatures.forward(loaded.model, loaded.feature_model, x)
+    try:  # move the simulated-CT mean onto this scan: the CT check must now refuse it
+        arrays["ct_means_w"][-1] = (
+            out[loaded.ood["info"]["ct_check"]["part"]][0] @ arrays["ct_whiten"]
+        )
+        after = predict.predict_files([scan], "ensemble", ood_loaded, models_dir)[0]
+    finally:
+        arrays["ct_means_w"][:] = saved
+    assert before["per_model"]["cnn"]["status"] != "out_of_distribution"  # validation: accepted
+    assert after["per_model"]["cnn"]["status"] == "out_of_distribution"
+    assert after["per_model"]["cnn"]["ood_reason"] == ood.CT_REASON
+    assert (
+        after["status"] == "out_of_distribution"
+    )  # any member's CT check refuses for the ensemble
+    assert after["ood_score"] == before["ood_score"]  # the score itself is unchanged
