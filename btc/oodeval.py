@@ -299,7 +299,8 @@ def fit_and_report(
     copy; each candidate score scaled on validation; the method with the best
     `oodmetrics.kind_balanced_auroc` on the select part; the OOD threshold accepting
     `accept_rate` of the validation and held-out Br35H scans, pooled; the confidence threshold
-    for `target_error` on the accepted validation scans (`models/<name>/ood.npz`, `ood.json`). The ensemble averages its members'
+    for `target_error` on the accepted validation scans; the CT check (`btc.oodct`) on the chosen
+    method's features (`models/<name>/ood.npz`, `ood.json`). The ensemble averages its members'
     scaled scores and has thresholds of its own (`models/ensemble_ood.json`). The test split, the
     external test groups and the report part of `ood_dir` are only reported on.
 

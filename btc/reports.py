@@ -249,7 +249,8 @@ def ood_markdown(report: dict) -> str:
         rows = [[n, c["part"], *(_pct(c["flagged"].get(s)) for s in ("val", "test", "ext_test")),
                  ", ".join(f"{k} {v}" for k, v in flagged[n].items() if v) or "none"]
                 for n, c in checked.items()]  # fmt: skip
-        rows.append(["ensemble", "any member", "", "", "", ", ".join(f"{k} {v}" for k, v in flagged.get("ensemble", {}).items() if v) or "none"])  # fmt: skip
+        if "ensemble" in models:
+            rows.append(["ensemble", "any member", "", "", "", ", ".join(f"{k} {v}" for k, v in flagged["ensemble"].items() if v) or "none"])  # fmt: skip
         lines += ["", "CT check (`btc.oodct`: nearer to simulated CT than to every brain cluster "
                   "refuses, like colour): % of the brain scans flagged, and images flagged per kind:",
                   "", *_table(["model", "features", "val", "test", "Br35H test", "images flagged"], rows)]  # fmt: skip

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from btc import inputs, ood, oodct, oodfeatures, predict
+from btc import inputs, ood, oodct, oodfeatures, predict, reports
 
 
 def _mri_head(size: int = 96) -> np.ndarray:
@@ -15,10 +15,10 @@ def _mri_head(size: int = 96) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
     r = np.hypot(xx, yy)
     rng = np.random.default_rng(2)
-    img = np.where(r < 0.46, 0.8, 0.0)  # scalp fat, bright on T1
-    img = np.where(r < 0.43, 0.05, img)  # cortical bone: no signal
+    img = np.where(r < 0.48, 0.8, 0.0)  # scalp fat, bright on T1
+    img = np.where(r < 0.41, 0.05, img)  # cortical bone: no signal
     brain = 0.5 + 0.25 * np.sin(xx * 40) * np.cos(yy * 35) + 0.05 * rng.random((size, size))
-    img = np.where(r < 0.40, brain, img)
+    img = np.where(r < 0.38, brain, img)
     img = np.where((np.abs(xx) < 0.06) & (np.abs(yy) < 0.12), 0.1, img)  # ventricles (CSF)
     return np.repeat(img[..., None], 3, -1).astype(np.float32)
 
@@ -37,7 +37,7 @@ def test_ct_like_puts_the_brightest_ring_where_the_skull_is_and_flattens_the_bra
     g = out[..., 0]
     assert (g[:, r > 0.49] == 0).all()  # outside the head: black
     # the ring just inside the head edge is the bone, brighter than anything in the brain
-    edge = np.stack([np.max(np.where((r > 0.39) & (r < 0.46), gi, 0)) for gi in g])
+    edge = np.stack([np.max(np.where((r > 0.36) & (r < 0.48), gi, 0)) for gi in g])
     centre = r < 0.3
     assert (edge > 0.8).all() and (edge > g[:, centre].max(1)).all()
     # the brain keeps its layout (CSF darker) at a fraction of the MRI's contrast
@@ -90,6 +90,11 @@ def test_the_ct_check_is_fitted_stored_and_applied_by_predict(ood_fitted, ood_lo
         assert 0 <= check["flagged"]["val"] <= 1
         with np.load(models_dir / name / ood.STATS_FILE) as npz:
             assert len(npz["ct_means_w"]) == len(npz[f"{check['part']}_means_w"]) + 1
+    markdown = reports.ood_markdown(report)
+    assert "CT check" in markdown and "| ensemble | any member |" in markdown
+    alone = reports.ood_markdown(report | {"models": {"cnn": report["models"]["cnn"]}})
+    assert "| cnn |" in alone.split("CT check")[1]
+    assert "| ensemble |" not in alone  # one trained model: no ensemble row
     flagged = [i["ct_like"]["ensemble"] for i in report["images"]]
     assert all(i["rejected"]["ensemble"] for i, f in zip(report["images"], flagged) if f)
     frame = pd.read_csv(manifest, keep_default_na=False)
