@@ -258,7 +258,7 @@ def ood_markdown(report: dict) -> str:
     held = [i for i in report["images"] if i.get("held_out") and "rejected" in i and "@" not in i["name"]]  # fmt: skip
     if held:
         rows = [[i["name"], i["kind"], i["expect"],
-                 *(f"{'rejected' if i['rejected'][n] else 'accepted'} ({i['scores'][n]:.2f})" for n in models)]
+                 *(f"{'accepted' if not i['rejected'][n] else 'rejected, CT-like' if i.get('ct_like', {}).get(n) else 'rejected'} ({i['scores'][n]:.2f})" for n in models)]
                 for i in held]  # fmt: skip
         lines += ["", "Held-out images from Debian packages (sources nothing was chosen on), per image: "
                   "the answer (OOD score):", "",
