@@ -49,7 +49,7 @@ COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B excee
 # an image is in colour when more than 10 % of its pixels are: Kaggle and Br35H scans stay below
 # 5 % (JPEG chroma noise), the colour photographs and figures of ood-dev exceed 19 %
 COLOUR_FRACTION = 0.10
-CT_REASON = "looks like a CT scan (bright bone ring), not an MRI"
+CT_REASON = "looks like a CT scan, not an MRI: the skull is bright"
 STATS_FILE, THRESHOLDS_FILE, ENSEMBLE_FILE = "ood.npz", "ood.json", "ensemble_ood.json"
 UNAVAILABLE = "OOD checking unavailable: no fitted statistics for {} (run 03_evaluate)"
 LITERT_NOTE = ("LiteRT: status from the confidence threshold only (the OOD score needs the Keras "

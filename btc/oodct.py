@@ -75,7 +75,9 @@ def ct_like(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(out[..., None], 3, -1).astype(np.float32)
 
 
-def fit(brain: np.ndarray, labels: np.ndarray, ct: np.ndarray, k: int) -> dict[str, np.ndarray]:
+def fit(
+    brain: np.ndarray, labels: np.ndarray, ct: np.ndarray, k: int, fit_gaussian
+) -> dict[str, np.ndarray]:
     """The brain clusters and the simulated-CT cluster, with one shared covariance.
 
     Args:
@@ -83,13 +85,12 @@ def fit(brain: np.ndarray, labels: np.ndarray, ct: np.ndarray, k: int) -> dict[s
         labels: `(n,)` their cluster labels in `[0, k)`.
         ct: `(m, d)` features of `ct_like` copies.
         k: Number of brain clusters.
+        fit_gaussian: `oodfeatures.fit_gaussian` (passed in: this module stays below it).
 
     Returns:
         `ct_whiten` `(d, d)` and `ct_means_w` `(k + 1, d)` (the last row: simulated CT), as
         `oodfeatures.fit_gaussian`.
     """
-    from btc.oodfeatures import fit_gaussian
-
     features = np.concatenate([brain, ct])
     fitted = fit_gaussian(features, np.r_[labels, np.full(len(ct), k)], k + 1)
     return {f"ct_{key}": value for key, value in fitted.items()}
@@ -111,7 +112,7 @@ def margins(features: np.ndarray, arrays: dict) -> np.ndarray:
 
 
 def fit_check(
-    fit_sets: list[dict], ct: np.ndarray, part: str, features: dict
+    fit_sets: list[dict], ct: np.ndarray, part: str, features: dict, fit_gaussian
 ) -> tuple[dict, dict, dict]:
     """Fit the CT check on one feature part and flag every set.
 
@@ -120,6 +121,7 @@ def fit_check(
         ct: `(m, d)` features of the `ct_like` copies of the train scans.
         part: The feature part (`oodfeatures.FEATURES`) of the chosen OOD method.
         features: `{set: (n, d)}` features to flag.
+        fit_gaussian: `oodfeatures.fit_gaussian`.
 
     Returns:
         `(arrays, info, flags)`: `fit`'s arrays (stored in `ood.npz`), the `ct_check` info of
@@ -128,7 +130,7 @@ def fit_check(
     """
     labels = np.concatenate([s["labels"] for s in fit_sets])
     brain = np.concatenate([s[part] for s in fit_sets])
-    arrays = fit(brain, labels, ct, int(labels.max()) + 1)
+    arrays = fit(brain, labels, ct, int(labels.max()) + 1, fit_gaussian)
     flags = {s: margins(f, arrays) > 0 for s, f in features.items()}
     info = {"part": part, "rule": "nearer to the simulated-CT mean than to every brain cluster",
             "flagged": {s: round(float(np.mean(flags[s])), 6)

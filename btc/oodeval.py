@@ -176,7 +176,9 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
     ct_info, ct, part = {}, {}, method.removeprefix("mahalanobis_")
     if CT_SET in outs and part in outs[CT_SET] and part != method:  # the CT check (`btc.oodct`)
         feats = {s: outs[s.removesuffix("_held_out")][part] for s in raw}
-        ct_arrays, ct_info, ct = oodct.fit_check(_fit_sets(outs), outs[CT_SET][part], part, feats)
+        ct_arrays, ct_info, ct = oodct.fit_check(
+            _fit_sets(outs), outs[CT_SET][part], part, feats, oodfeatures.fit_gaussian
+        )
         arrays |= ct_arrays
     info = {
         "model": name, "method": method, "scales": scales, "selection_auroc": selection,

@@ -53,7 +53,7 @@ def test_margins_follow_the_nearest_mean_with_the_shared_covariance():
     brain = np.concatenate([rng.normal(c, 1, (300, 3)) * scale for c in (0.0, 4.0)])
     labels = np.repeat([0, 1], 300)
     ct = rng.normal(-4.0, 1, (300, 3)) * scale
-    arrays = oodct.fit(brain, labels, ct, 2)
+    arrays = oodct.fit(brain, labels, ct, 2, oodfeatures.fit_gaussian)
     assert arrays["ct_means_w"].shape == (3, 3)
     probe = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0], [-4.0, -4.0, -4.0]]) * scale
     m = oodct.margins(probe, arrays)
@@ -64,7 +64,11 @@ def test_margins_follow_the_nearest_mean_with_the_shared_covariance():
     d2 = ((z[:, None] - full["means_w"][None]) ** 2).sum(-1)
     np.testing.assert_allclose(m, d2[:, :2].min(1) - d2[:, 2], rtol=1e-5, atol=1e-4)
     _, info, flags = oodct.fit_check(
-        [{"joint": brain, "labels": labels}], ct, "joint", {"val": brain, "images": probe}
+        [{"joint": brain, "labels": labels}],
+        ct,
+        "joint",
+        {"val": brain, "images": probe},
+        oodfeatures.fit_gaussian,
     )
     assert info["part"] == "joint" and info["flagged"]["val"] == float(np.mean(flags["val"]))
     assert flags["images"].tolist() == [False, False, True] and flags["val"].mean() < 0.01
