@@ -220,7 +220,8 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[
         "calibrated": {s: ensemble([members[n]["calibrated"][s] for n in names],
                                    [weights[n] for n in names]) for s in sets},
         "labels": members[names[0]]["labels"],
-        "ct": {s: np.any([members[n]["ct"][s] for n in names], 0) for s in members[names[0]]["ct"]},
+        "ct": {s: np.any(np.broadcast_arrays(*(members[n]["ct"].get(s, False) for n in names)), 0)
+               for s in {s for n in names for s in members[n]["ct"]}},  # a member may have none
     }  # fmt: skip
     brain = [s for s in ("val", "ext_train_held_out") if s in member["scaled"]]
     sources = {s: ood.combine(member["scaled"][s], colours[s]) for s in brain}
