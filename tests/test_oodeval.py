@@ -174,3 +174,26 @@ def test_style_copies_of_the_train_split_are_fitted_as_the_same_classes():
     assert (
         len(oodeval._gaussians(outs | {"train_style": styled})["pool_means_w"]) == 5
     )  # 4 + external
+
+
+def test_ensemble_ct_flags_are_the_union_even_when_a_member_has_no_ct_check(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 80)
+    calibrated = np.eye(4)[labels] * 0.7 + 0.075  # right, 77.5 % confident
+
+    def member(ct: dict) -> dict:
+        scaled = {s: rng.normal(size=n) for s, n in (("val", 80), ("images", 5))}
+        return {"scaled": scaled, "calibrated": {"val": calibrated},
+                "labels": {"val": labels}, "ct": ct}  # fmt: skip
+
+    members = {"cnn": member({"images": np.array([1, 0, 0, 1, 0], bool)}),
+               "mobilenet": member({})}  # e.g. an energy-score member: no CT check  # fmt: skip
+    colours = {"val": np.zeros(80), "images": np.zeros(5)}
+    info, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, (0.95, 0.02, None, "point"))  # fmt: skip
+    assert ens["ct"]["images"].tolist() == [True, False, False, True, False]
+    members["mobilenet"]["ct"] = {"images": np.array([0, 1, 0, 0, 0], bool)}
+    members["cnn"]["ct"] = {}  # the first member without it no longer hides the other's flags
+    _, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, (0.95, 0.02, None, "point"))  # fmt: skip
+    assert ens["ct"]["images"].tolist() == [False, True, False, False, False]
+    assert info["members"] == ["cnn", "mobilenet"]
+    assert json.loads((tmp_path / ood.ENSEMBLE_FILE).read_text())["model"] == "ensemble"
