@@ -188,12 +188,12 @@ def test_ensemble_ct_flags_are_the_union_even_when_a_member_has_no_ct_check(tmp_
 
     members = {"cnn": member({"images": np.array([1, 0, 0, 1, 0], bool)}),
                "mobilenet": member({})}  # e.g. an energy-score member: no CT check  # fmt: skip
-    colours = {"val": np.zeros(80), "images": np.zeros(5)}
-    info, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, (0.95, 0.02, None, "point"))  # fmt: skip
+    colours, fit_args = {"val": np.zeros(80), "images": np.zeros(5)}, (0.95, 0.02, None, "point")
+    info, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, fit_args)
     assert ens["ct"]["images"].tolist() == [True, False, False, True, False]
     members["mobilenet"]["ct"] = {"images": np.array([0, 1, 0, 0, 0], bool)}
     members["cnn"]["ct"] = {}  # the first member without it no longer hides the other's flags
-    _, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, (0.95, 0.02, None, "point"))  # fmt: skip
+    _, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, fit_args)
     assert ens["ct"]["images"].tolist() == [False, True, False, False, False]
     assert info["members"] == ["cnn", "mobilenet"]
     assert json.loads((tmp_path / ood.ENSEMBLE_FILE).read_text())["model"] == "ensemble"
