@@ -10,7 +10,10 @@ outputs of the last three stages, concatenated / the penultimate dense features 
 means, with one shared Ledoit–Wolf covariance; Lee et al., 2018, without their input perturbation
 and OOD-tuned layer weights), `mahalanobis_generic` (the same on generic features: three pooled
 stages of a frozen ImageNet MobileNet α 0.25, log1p; features the fine-tuning did not narrow to
-the task, which tell modalities apart) and `mahalanobis_joint` (stages and generic concatenated), `energy` (−logsumexp of the logits; Liu et al., 2020) and `msp`
+the task, which tell modalities apart) and `mahalanobis_joint` (stages and generic concatenated),
+`knn_stages` / `knn_joint` (one minus the cosine similarity to the 50th nearest fit scan; Sun et
+al., 2022), their unions with the Mahalanobis score of the same features (`a+b`: the larger
+scaled score), `energy` (−logsumexp of the logits; Liu et al., 2020) and `msp`
 (1 − maximum softmax probability; Hendrycks & Gimpel, 2017). The clusters are the four classes of
 the train split plus the external set's *train* groups (Br35H tumour scans, "tumour, type
 unknown"), so a brain MRI from that source is not far from every cluster. Each score is scaled by
@@ -42,7 +45,7 @@ from PIL import Image
 from btc import config, datasets, oodct, oodmetrics
 from btc.calibration import same_calibration
 from btc.config import MODELS_DIR
-from btc.oodfeatures import FEATURES, GENERIC_FILE
+from btc.oodfeatures import FEATURES, GENERIC_FILE, knn_distance
 
 STATUSES = ("predicted", "uncertain", "out_of_distribution")
 COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B exceeds 10 % of the range
@@ -83,17 +86,20 @@ def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
 
     Args:
         out: `forward` output.
-        stats_arrays: `pool_*`, `stages_*` and `dense_*` arrays of `fit_gaussian` (`ood.npz`).
+        stats_arrays: `<part>_*` arrays of `fit_gaussian` and `fit_knn` (`ood.npz`).
 
     Returns:
-        `{method: (n,)}` for every method in `oodfeatures.METHODS` whose features are in both `out` and
-        `stats_arrays`; higher = less like the training scans.
+        `{method: (n,)}` for every single method of `oodfeatures.METHODS` (not the `a+b` unions,
+        see `method_score`) whose features are in both `out` and `stats_arrays`; higher = less
+        like the training scans.
     """
     scores = {}
     for part in (p for p in FEATURES if p in out and f"{p}_whiten" in stats_arrays):
         z = out[part] @ stats_arrays[f"{part}_whiten"]
         d2 = ((z[:, None, :] - stats_arrays[f"{part}_means_w"][None]) ** 2).sum(-1)
         scores[f"mahalanobis_{part}"] = d2.min(1)
+    for part in (p for p in FEATURES if p in out and f"{p}_knn_bank" in stats_arrays):
+        scores[f"knn_{part}"] = knn_distance(out[part], stats_arrays, f"{part}_")
     logits = out["logits"].astype(np.float64)
     top = logits.max(1)
     scores["energy"] = -(top + np.log(np.exp(logits - top[:, None]).sum(1)))
@@ -101,9 +107,39 @@ def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
     return scores
 
 
+def fit_scale(val_score: np.ndarray, accept_rate: float) -> dict:
+    """A raw score's validation statistics for `normalise`: its median and accept quantile.
+
+    Args:
+        val_score: `(n,)` raw scores of the validation scans.
+        accept_rate: Share of them the scaled score puts at or below 1.
+
+    Returns:
+        `{"median", "spread"}`: the median and the `accept_rate` quantile minus it (kept
+        positive).
+    """
+    median = float(np.median(val_score))
+    spread = float(np.quantile(val_score, accept_rate)) - median
+    return {"median": median, "spread": max(spread, 1e-6 * max(abs(median), 1.0))}
+
+
 def normalise(score: np.ndarray, scale: dict) -> np.ndarray:
     """Scale a raw score by its validation statistics: 0 = median, 1 = the accept quantile."""
     return (np.asarray(score) - scale["median"]) / scale["spread"]
+
+
+def method_score(scores: dict, scales: dict, method: str) -> np.ndarray:
+    """A method's scaled score; a union `a+b` is the larger of its members' scaled scores.
+
+    Args:
+        scores: `raw_scores` output.
+        scales: Validation scale of each single method (`ood.json` `scales`).
+        method: A method of `oodfeatures.METHODS`, e.g. `"mahalanobis_joint+knn_joint"`.
+
+    Returns:
+        `(n,)` scaled scores (0 = validation median, 1 = its accept quantile).
+    """
+    return np.max([normalise(scores[m], scales[m]) for m in method.split("+")], 0)
 
 
 def combine(feature_score: np.ndarray, colour: np.ndarray) -> np.ndarray:
@@ -275,8 +311,8 @@ def load_stats(name: str, models_dir: str | Path = MODELS_DIR, runtime: str = "k
 
 def feature_score(out: dict, stats_: dict) -> np.ndarray:
     """The scaled `(n,)` score of the model's chosen method for a `forward` output."""
-    method = stats_["info"]["method"]
-    return normalise(raw_scores(out, stats_["arrays"])[method], stats_["info"]["scales"][method])
+    info = stats_["info"]
+    return method_score(raw_scores(out, stats_["arrays"]), info["scales"], info["method"])
 
 
 def load_ensemble(models_dir: str | Path = MODELS_DIR) -> dict | None:

@@ -64,12 +64,6 @@ def _outputs(model, meta: dict, frames: dict, arrays: np.ndarray, batch_size: in
     return outs
 
 
-def _scale(val_score: np.ndarray, accept_rate: float) -> dict:
-    median = float(np.median(val_score))
-    spread = float(np.quantile(val_score, accept_rate)) - median
-    return {"median": median, "spread": max(spread, 1e-6 * max(abs(median), 1.0))}
-
-
 def _pooled_threshold(sources: dict, accept_rate: float) -> float:
     """The `accept_rate` quantile of the in-distribution brain scans of every source, pooled."""
     pooled = np.concatenate(list(sources.values()))
@@ -104,14 +98,15 @@ def _parts(outs: dict) -> list[str]:
 
 
 def _gaussians(outs: dict, ext_keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """`oodfeatures.fit_gaussian` of every feature set: the 4 classes of the train split (and of its
-    style-augmented copy, `train_style`) and, as a fifth cluster ("tumour, type unknown"), the
-    external train groups (those in `ext_keep`)."""
+    """`oodfeatures.fit_gaussian` (and `fit_knn`) of every feature set: the 4 classes of the train
+    split (and of its style-augmented copy, `train_style`) and, as a fifth cluster ("tumour, type
+    unknown"), the external train groups (those in `ext_keep`)."""
     k, sets = len(CLASS_NAMES), _fit_sets(outs, ext_keep)
     labels = np.concatenate([s["labels"] for s in sets])  # external rows carry label k
     arrays = {}
     for part in _parts(outs):
-        fitted = oodfeatures.fit_gaussian(np.concatenate([s[part] for s in sets]), labels, k + 1)
+        x = np.concatenate([s[part] for s in sets])
+        fitted = oodfeatures.fit_gaussian(x, labels, k + 1) | oodfeatures.fit_knn(x, part)
         arrays |= {f"{part}_{key}": value for key, value in fitted.items()}
     return arrays
 
@@ -162,9 +157,9 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
     }
     if "ext_train" in outs:
         raw["ext_train_held_out"] = _held_out_scores(outs)
-    methods = [m for m in oodfeatures.METHODS if m in raw["val"]]
-    scales = {m: _scale(raw["val"][m], fit_args[0]) for m in methods}
-    scaled = {m: {s: ood.normalise(r[m], scales[m]) for s, r in raw.items()} for m in methods}
+    methods = [m for m in oodfeatures.METHODS if all(p in raw["val"] for p in m.split("+"))]
+    scales = {p: ood.fit_scale(raw["val"][p], fit_args[0]) for m in methods for p in m.split("+")}
+    scaled = {m: {s: ood.method_score(r, scales, m) for s, r in raw.items()} for m in methods}
     brain = [s for s in ("val", "ext_train_held_out") if s in raw]
     selection, balanced = {}, {}
     for m in methods:
@@ -173,7 +168,8 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
         selection[m], balanced[m] = oodmetrics.selection_aurocs(sources, score, images)
     method = max(methods, key=lambda m: (balanced[m], selection[m], -oodfeatures.METHODS.index(m)))
     sources = {s: ood.combine(scaled[method][s], colours[s]) for s in brain}
-    ct_info, ct, part = {}, {}, method.removeprefix("mahalanobis_")
+    ct_info, ct, part = {}, {}, method.split("+")[0].removeprefix("mahalanobis_")
+    arrays = oodfeatures.method_arrays(arrays, method)  # the chosen method's kNN bank only
     if CT_SET in outs and part in outs[CT_SET] and part != method:  # the CT check (`btc.oodct`)
         feats = {s: outs[s.removesuffix("_held_out")][part] for s in raw}
         ct_arrays, ct_info, ct = oodct.fit_check(

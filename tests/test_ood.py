@@ -84,6 +84,31 @@ def test_status_of_follows_the_thresholds():
     assert ood.status_of(0.5, 1.0, 0.99, None, target_met=False) == "uncertain"
 
 
+def test_a_union_method_scores_the_larger_of_its_scaled_members():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(300, 5)).astype(np.float32)
+    labels = rng.integers(0, 2, 300)
+    arrays = {f"joint_{k}": v for k, v in oodfeatures.fit_gaussian(train, labels, 2).items()}
+    arrays |= {f"joint_{k}": v for k, v in oodfeatures.fit_knn(train, "joint").items()}
+    val, probe = rng.normal(size=(200, 5)), rng.normal(0.0, 3.0, (40, 5))
+    out = {"joint": val, "logits": np.zeros((200, 2)), "probs": np.full((200, 2), 0.5)}
+    raw_val = ood.raw_scores(out, arrays)
+    scales = {m: ood.fit_scale(raw_val[m], 0.975) for m in ("mahalanobis_joint", "knn_joint")}
+    for m, scale in scales.items():  # 0 = the validation median, 1 = its 97.5 % quantile
+        scaled = ood.normalise(raw_val[m], scale)
+        assert np.median(scaled) == pytest.approx(0.0, abs=1e-6)
+        assert np.quantile(scaled, 0.975) == pytest.approx(1.0, abs=1e-6)
+    out = {"joint": probe, "logits": np.zeros((40, 2)), "probs": np.full((40, 2), 0.5)}
+    raw = ood.raw_scores(out, arrays)
+    union = "mahalanobis_joint+knn_joint"
+    parts = [ood.normalise(raw[m], scales[m]) for m in ("mahalanobis_joint", "knn_joint")]
+    np.testing.assert_allclose(ood.method_score(raw, scales, union), np.maximum(*parts))
+    assert (parts[0] > parts[1]).any() and (parts[1] > parts[0]).any()  # each member counts
+    stats_ = {"info": {"method": union, "scales": scales}, "arrays": arrays}
+    np.testing.assert_allclose(ood.feature_score(out, stats_), np.maximum(*parts))  # as predicted
+    assert "knn_stages" not in raw  # no bank, no score
+
+
 def test_generic_extractor_is_stored_with_each_model_and_checked(ood_fitted, tmp_path):
     models_dir = ood_fitted[0]
     info = json.loads((models_dir / "mobilenet" / ood.THRESHOLDS_FILE).read_text())

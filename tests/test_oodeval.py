@@ -75,6 +75,9 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(ood_fitted):
             )
             # the external train groups are a fifth cluster ("tumour, type unknown")
             assert len(npz["pool_means_w"]) == 5 if SHARED_EXTERNAL.is_dir() else 4
+            for part in oodfeatures.KNN_FEATURES:  # a kNN bank only when the method uses it
+                uses = f"knn_{part}" in info["method"].split("+")
+                assert (f"{part}_knn_bank" in npz.files) == uses, (name, info["method"])
     assert json.loads((models_dir / "ensemble_ood.json").read_text())["members"] == ["cnn", "mobilenet"]  # fmt: skip
     saved = json.loads((root / "results" / "03_evaluate" / "ood_report.json").read_text())
     assert set(saved["models"]) == {"cnn", "mobilenet", "ensemble"}

@@ -106,3 +106,48 @@ def test_style_augment_never_blanks_a_small_head():
     x = np.repeat(np.repeat(small[None, ..., None], 3, -1), 16, 0).astype(np.float32)
     out = oodfeatures.style_augment(x, np.random.default_rng(0))
     assert (out[..., 0].max((1, 2)) > 0.3).all()
+
+
+def test_knn_distance_is_one_minus_the_kth_cosine_similarity_to_the_standardised_bank():
+    rng = np.random.default_rng(0)
+    bank = rng.normal([5.0, -2.0, 0.0, 1.0], [1.0, 3.0, 0.5, 2.0], (400, 4))
+    arrays = {f"joint_{k}": v for k, v in oodfeatures.fit_knn(bank, "joint").items()}
+    assert arrays["joint_knn_bank"].dtype == np.float16  # stored with the model: kept small
+    queries = np.r_[bank[:3], rng.normal(0.0, 4.0, (297, 4))]  # > 256: more than one block
+    got = oodfeatures.knn_distance(queries, arrays, "joint_", k=7)
+    z = (bank - bank.mean(0)) / bank.std(0)
+    q = (queries - bank.mean(0)) / bank.std(0)
+    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (z / np.linalg.norm(z, axis=1, keepdims=True)).T  # fmt: skip
+    np.testing.assert_allclose(got, 1 - np.sort(cos, 1)[:, -7], atol=2e-3)  # the 7th nearest
+    one = oodfeatures.knn_distance(bank[:3], arrays, "joint_", k=1)
+    np.testing.assert_allclose(one, 0.0, atol=2e-3)  # a scan of the bank is its own neighbour
+    capped = oodfeatures.knn_distance(queries[:2], arrays, "joint_", k=10_000)
+    np.testing.assert_allclose(capped, 1 - cos[:2].min(1), atol=2e-3)  # k capped at the bank
+    assert oodfeatures.fit_knn(bank, "pool") == {}  # only `KNN_FEATURES` get a bank
+
+
+def test_knn_sees_an_image_between_the_clusters_that_the_gaussians_call_typical():
+    # one class whose scans lie on two separate arms (two kinds of slice): its Gaussian's mean
+    # sits between the arms, where no scan is; a probe there is typical to Mahalanobis only
+    rng = np.random.default_rng(1)
+    arms = np.r_[rng.normal([4.0, 0.0, 2.0], 0.3, (300, 3)), rng.normal([0.0, 4.0, 2.0], 0.3, (300, 3))]  # fmt: skip
+    labels = np.zeros(600, int)
+    gauss = oodfeatures.fit_gaussian(arms.astype(np.float32), labels, 1)
+    arrays = {f"p_{k}": v for k, v in oodfeatures.fit_knn(arms, "joint").items()}
+    probe, held = np.array([[2.0, 2.1, 2.1]]), rng.normal([4.0, 0.0, 2.0], 0.3, (50, 3))
+
+    def maha(x):
+        return (((x @ gauss["whiten"])[:, None] - gauss["means_w"][None]) ** 2).sum(-1).min(1)
+
+    assert maha(probe)[0] < np.median(maha(held))  # the Gaussian: more typical than real scans
+    knn = oodfeatures.knn_distance(np.r_[probe, held], arrays, "p_", k=10)
+    assert knn[0] > 3 * knn[1:].max()  # kNN: farther than every real scan
+
+
+def test_method_arrays_keep_only_the_chosen_methods_knn_bank():
+    arrays = {"joint_whiten": 1, "joint_knn_bank": 2, "joint_knn_mean": 3, "stages_knn_bank": 4,
+              "stages_means_w": 5, "ct_whiten": 6}  # fmt: skip
+    union = oodfeatures.method_arrays(arrays, "mahalanobis_joint+knn_joint")
+    assert set(union) == {"joint_whiten", "joint_knn_bank", "joint_knn_mean", "stages_means_w", "ct_whiten"}  # fmt: skip
+    assert set(oodfeatures.method_arrays(arrays, "knn_stages")) == set(arrays) - {"joint_knn_bank", "joint_knn_mean"}  # fmt: skip
+    assert "_knn_" not in "".join(oodfeatures.method_arrays(arrays, "mahalanobis_joint"))
