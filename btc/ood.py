@@ -296,7 +296,10 @@ def load_stats(name: str, models_dir: str | Path = MODELS_DIR, runtime: str = "k
         return {"available": False, "note": f"OOD statistics of {name} are stale (model.keras "
                                              "changed): re-run the OOD section of 03_evaluate"}  # fmt: skip
     with np.load(folder / STATS_FILE) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+        # kNN banks are stored as float16; widened once here, not on every prediction
+        arrays = {
+            k: npz[k].astype(np.float32) if k.endswith("_knn_bank") else npz[k] for k in npz.files
+        }
     generic = None
     if info.get("generic_sha256"):
         path = folder / GENERIC_FILE

@@ -267,7 +267,7 @@ def knn_distance(features: np.ndarray, arrays: dict, prefix: str, k: int = KNN_K
     Returns:
         `(n,)` distances in [0, 2]; higher = less like the fit scans.
     """
-    bank, mean = arrays[f"{prefix}knn_bank"].astype(np.float32), arrays[f"{prefix}knn_mean"]
+    bank, mean = np.asarray(arrays[f"{prefix}knn_bank"], np.float32), arrays[f"{prefix}knn_mean"]
     x = (np.asarray(features, np.float32) - mean) / arrays[f"{prefix}knn_scale"]
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     k = min(k, len(bank))
