@@ -168,9 +168,9 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
         selection[m], balanced[m] = oodmetrics.selection_aurocs(sources, score, images)
     method = max(methods, key=lambda m: (balanced[m], selection[m], -oodfeatures.METHODS.index(m)))
     sources = {s: ood.combine(scaled[method][s], colours[s]) for s in brain}
-    ct_info, ct, part = {}, {}, method.split("+")[0].removeprefix("mahalanobis_")
+    ct_info, ct, part = {}, {}, method.split("+")[0].split("_", 1)[-1]  # `knn_joint` -> `joint`
     arrays = oodfeatures.method_arrays(arrays, method)  # the chosen method's kNN bank only
-    if CT_SET in outs and part in outs[CT_SET] and part != method:  # the CT check (`btc.oodct`)
+    if CT_SET in outs and part in oodfeatures.FEATURES and part in outs[CT_SET]:  # `btc.oodct`
         feats = {s: outs[s.removesuffix("_held_out")][part] for s in raw}
         ct_arrays, ct_info, ct = oodct.fit_check(
             _fit_sets(outs), outs[CT_SET][part], part, feats, oodfeatures.fit_gaussian

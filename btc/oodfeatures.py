@@ -34,6 +34,7 @@ KNN_FEATURES = ("stages", "joint")
 # k = 50: the union's best kind-balanced AUROC on the quick model's *select* part among 5, 10,
 # 20 and 50 (0.966, against 0.964 for 5–20); ~9,300 train, style and Br35H scans in the bank
 KNN_K = 50
+KNN_FLOOR = 0.01  # the smallest spread a unit is standardised by, as a share of the median one
 # the feature sets the Mahalanobis methods score; `generic` and `joint` need the generic extractor
 FEATURES = ("pool", "stages", "dense", "generic", "joint")
 GENERIC_FILE = "ood_generic.keras"  # the frozen ImageNet extractor, stored with each model
@@ -248,7 +249,10 @@ def fit_knn(features: np.ndarray, part: str) -> dict[str, np.ndarray]:
     if part not in KNN_FEATURES:
         return {}
     x = np.asarray(features, np.float64)
-    mean, scale = x.mean(0), x.std(0) + 1e-6
+    # a unit dead on every fit scan (ReLU) gets a floor of 1 % of the median unit's spread, so
+    # that a faint activation on a new scan is not blown up a millionfold and decides alone
+    std = x.std(0)
+    mean, scale = x.mean(0), np.maximum(std, KNN_FLOOR * float(np.median(std)) + 1e-12)
     bank = (x - mean) / scale
     bank /= np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
     return {"knn_mean": mean.astype(np.float32), "knn_scale": scale.astype(np.float32),

@@ -98,7 +98,7 @@ def test_a_union_method_scores_the_larger_of_its_scaled_members():
         scaled = ood.normalise(raw_val[m], scale)
         assert np.median(scaled) == pytest.approx(0.0, abs=1e-6)
         assert np.quantile(scaled, 0.975) == pytest.approx(1.0, abs=1e-6)
-    out = {"joint": probe, "logits": np.zeros((40, 2)), "probs": np.full((40, 2), 0.5)}
+    out = {"joint": probe, "stages": probe, "logits": np.zeros((40, 2)), "probs": np.full((40, 2), 0.5)}  # fmt: skip
     raw = ood.raw_scores(out, arrays)
     union = "mahalanobis_joint+knn_joint"
     parts = [ood.normalise(raw[m], scales[m]) for m in ("mahalanobis_joint", "knn_joint")]

@@ -151,3 +151,15 @@ def test_method_arrays_keep_only_the_chosen_methods_knn_bank():
     assert set(union) == {"joint_whiten", "joint_knn_bank", "joint_knn_mean", "stages_means_w", "ct_whiten"}  # fmt: skip
     assert set(oodfeatures.method_arrays(arrays, "knn_stages")) == set(arrays) - {"joint_knn_bank", "joint_knn_mean"}  # fmt: skip
     assert "_knn_" not in "".join(oodfeatures.method_arrays(arrays, "mahalanobis_joint"))
+
+
+def test_a_unit_dead_on_every_bank_scan_does_not_decide_the_knn_distance_alone():
+    rng = np.random.default_rng(2)
+    bank = np.c_[rng.normal(1.0, 0.5, (300, 8)), np.zeros(300)]  # the last unit never fires
+    arrays = {f"j_{k}": v for k, v in oodfeatures.fit_knn(bank, "joint").items()}
+    faint = bank[:20].copy()
+    faint[:, -1] = 1e-3  # a scan of the bank with a faint activation of the dead unit
+    assert oodfeatures.knn_distance(faint, arrays, "j_", k=1).max() < 0.05
+    strong = bank[:20].copy()
+    strong[:, -1] = 1.0  # as strong as a live unit: a real difference, seen as one
+    assert oodfeatures.knn_distance(strong, arrays, "j_", k=1).min() > 0.5
