@@ -21,7 +21,8 @@ its validation distribution (0 = median, 1 = the `accept_rate` quantile) and com
 colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its pixels coloured
 is not a scan) by taking the maximum; a coloured image is rejected whatever the threshold
 (`rejected`), and so is an image nearer to simulated CT than to every brain cluster (the CT
-check, `btc.oodct`: head CT is the hardest kind). The Gaussians are also fitted on a style-augmented copy of the train split (blur,
+check, `btc.oodct`: head CT is the hardest kind) or whose pixels show a CT's skull, a saturated
+ring around a darker, flat brain (`skull_flag`, `btc.oodct.skull_ring`). The Gaussians are also fitted on a style-augmented copy of the train split (blur,
 gamma, simulated skull stripping), so brain MRI from other sources are not far. The method is
 chosen per model by kind-balanced AUROC on the *select* part (validation, held-out
 external-train and bundled other-source brain scans against synthetic, bundled and half of the
@@ -45,6 +46,7 @@ from PIL import Image
 from btc import config, datasets, oodct, oodmetrics
 from btc.calibration import same_calibration
 from btc.config import MODELS_DIR
+from btc.images import decode_and_resize
 from btc.oodfeatures import FEATURES, GENERIC_FILE, knn_distance
 
 STATUSES = ("predicted", "uncertain", "out_of_distribution")
@@ -79,6 +81,18 @@ def colour_fraction(raw: bytes) -> float:
     rgb.thumbnail((256, 256))
     arr = np.asarray(rgb, dtype=np.int16)
     return float(np.mean(arr.max(-1) - arr.min(-1) > COLOUR_CHROMA * 255))
+
+
+def skull_flag(raw: bytes) -> bool:
+    """The pixel CT check (`oodct.skull_ring`) of one encoded image, decoded as in training.
+
+    Args:
+        raw: Encoded image bytes.
+
+    Returns:
+        `True` when the slice has a CT's skull (a saturated ring around a darker, flat brain).
+    """
+    return oodct.skull_ring(decode_and_resize(raw, oodct.RING_SIZE).numpy()[..., 0] / 255.0)
 
 
 def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
@@ -152,7 +166,8 @@ def rejected(score, colour, threshold: float, ct=False):
 
     The colour check is a hard gate: MRI is grayscale, so a coloured image is refused even when a
     threshold fitted on atypical validation sources (scaled scores far above 1) would accept it.
-    So is the CT check (`btc.oodct`): nearer to simulated CT than to every brain cluster.
+    So are the CT checks (`btc.oodct`): nearer to simulated CT than to every brain cluster, or a
+    CT's skull in the pixels.
 
     Args:
         score: Combined OOD score(s) (`combine`).
@@ -166,20 +181,27 @@ def rejected(score, colour, threshold: float, ct=False):
     return (np.asarray(score) > threshold) | (np.asarray(colour) > COLOUR_FRACTION) | np.asarray(ct)
 
 
-def ct_flags(out: dict, stats_: dict) -> np.ndarray:
-    """The CT check of a `forward` output: `(n,)` bool (all `False` when it was not fitted).
+def ct_flags(out: dict, stats_: dict, skull=None) -> np.ndarray:
+    """The CT checks of a `forward` output: `(n,)` bool (all `False` when none was fitted).
 
     Args:
         out: `oodfeatures.forward` output.
-        stats_: `load_stats` output (`ood.npz` arrays `ct_*`, `ood.json` `ct_check`).
+        stats_: `load_stats` output (`ood.npz` arrays `ct_*`, `ood.json` `ct_check`,
+            `skull_check`).
+        skull: `skull_flag` of each input; used when `ood.json` has `skull_check` (models
+            fitted before it keep their behaviour).
 
     Returns:
-        Whether each image is nearer to simulated CT than to every brain cluster.
+        Whether each image is nearer to simulated CT than to every brain cluster, or has a CT's
+        skull.
     """
-    check = stats_["info"].get("ct_check")
-    if not check or "ct_whiten" not in stats_["arrays"]:
-        return np.zeros(len(out["probs"]), bool)
-    return oodct.margins(out[check["part"]], stats_["arrays"]) > 0
+    check, info = stats_["info"].get("ct_check"), stats_["info"]
+    flags = np.zeros(len(out["probs"]), bool)
+    if check and "ct_whiten" in stats_["arrays"]:
+        flags = oodct.margins(out[check["part"]], stats_["arrays"]) > 0
+    if skull is not None and info.get("skull_check"):
+        flags = flags | np.asarray(skull, bool)
+    return flags
 
 
 RISK_BOUNDS = ("point", "upper")

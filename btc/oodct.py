@@ -11,6 +11,15 @@ Gaussian with the brain clusters' shared covariance is fitted to their features 
 is flagged when it is nearer (Mahalanobis) to the simulated-CT mean than to every brain cluster
 (`margins` > 0). No threshold is tuned: it is the nearest-mean rule, and its rate on the
 validation and Br35H scans is reported. No real CT is used to fit it.
+
+The features of a network trained on MRI do not always see the bone (tightly framed head CTs with
+the skull at the image edge were accepted by every feature part). `skull_ring` looks at the pixels
+instead: the median brightness at each depth below the head's edge. On CT the ring just inside the
+edge is at the brightest level and a large share of the head is saturated bone, while the brain
+inside is a flat grey well below it; on MRI the band under the scalp is dark (cortical bone). The
+levels are round, physical ones (bone within 15 % of the head's 99th percentile, brain at most
+60 % of it, saturated bone at least 8 % of the head, no band between bone and brain darker than
+90 % of the brain), not fitted to images.
 """
 
 from __future__ import annotations
@@ -25,6 +34,12 @@ CT_LEVEL = (0.25, 0.7)  # grey level of the brain (the window level)
 CT_CONTRAST = (0.1, 0.4)  # the brain's remaining contrast, relative to the MRI's
 CT_BONE_LEVEL = (0.85, 1.0)  # bone is saturated or nearly so in every soft-tissue window
 CT_NOISE = (0.01, 0.04)  # quantum noise, standard deviation
+RING_SIZE = 128  # `skull_ring` works at this size (px)
+RING_DEPTHS = (0.0, 0.04, 0.08, 0.12, 0.16, 0.22, 0.3, 0.45, 0.7, np.inf)  # depth bands / radius
+RING_BONE = 0.85  # the brightest band under the edge: at least this share of the 99th percentile
+RING_BRAIN = 0.6  # the brain's median (bands from depth 0.22): at most this share of the ring
+RING_SATURATED = 0.08  # share of the head at >= 95 % of the 99th percentile (the bone)
+RING_GAP = 0.9  # no band between the ring and the brain below this share of the brain's median
 
 
 def _head(slice_: np.ndarray) -> np.ndarray:
@@ -37,6 +52,53 @@ def _head(slice_: np.ndarray) -> np.ndarray:
     if n > 1:
         head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
     return head
+
+
+def ring_profile(gray: np.ndarray) -> np.ndarray:
+    """The bone-ring features of one grayscale slice (`skull_ring`).
+
+    Args:
+        gray: `(RING_SIZE, RING_SIZE)` float array in [0, 1].
+
+    Returns:
+        `(len(RING_DEPTHS),)`: the median brightness in each depth band below the head's edge
+        (depth over the head's equivalent radius; the image border counts as an edge, as in a
+        tightly framed slice), relative to the head's 99th percentile, then the saturated share.
+        All zero for a slice without a head (fewer than 1 % of the pixels).
+    """
+    from scipy import ndimage
+
+    head = _head(np.pad(gray, 1))
+    inside = head[1:-1, 1:-1]
+    if inside.sum() < 0.01 * gray.size:
+        return np.zeros(len(RING_DEPTHS))
+    depth = ndimage.distance_transform_edt(head)[1:-1, 1:-1] / np.sqrt(inside.sum() / np.pi)
+    values, depth = gray[inside], depth[inside]
+    top = max(float(np.quantile(values, 0.99)), 1e-3)
+    band = np.digitize(depth, RING_DEPTHS) - 1
+    medians = [np.median(values[band == b]) / top if np.any(band == b) else 0.0
+               for b in range(len(RING_DEPTHS) - 1)]  # fmt: skip
+    return np.array([*medians, np.mean(values >= 0.95 * top)])
+
+
+def skull_ring(gray: np.ndarray) -> bool:
+    """Whether a grayscale slice has a CT's skull: a saturated ring around a darker, flat brain.
+
+    Args:
+        gray: `(RING_SIZE, RING_SIZE)` float array in [0, 1].
+
+    Returns:
+        `True` when the brightest band within 16 % of the radius under the edge reaches
+        `RING_BONE`, the brain's median is at most `RING_BRAIN` of that band, no band between
+        them is darker than `RING_GAP` of the brain (MRI's dark cortical bone under bright scalp
+        fat) and at least `RING_SATURATED` of the head is saturated.
+    """
+    profile = ring_profile(gray)
+    peak = 1 + int(np.argmax(profile[1:4]))  # depths 0.04–0.16: under a thin scalp
+    ring, brain = profile[peak], np.median(profile[5:-1])  # brain: depths from 0.22 of the radius
+    gap = profile[peak + 1 : 5].min()  # MRI: a dark band (cortical bone, CSF) under bright fat
+    return bool(ring >= RING_BONE and brain <= RING_BRAIN * ring and gap >= RING_GAP * brain
+                and profile[-1] >= RING_SATURATED)  # fmt: skip
 
 
 def ct_like(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

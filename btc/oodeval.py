@@ -139,7 +139,7 @@ def _held_out_scores(outs: dict) -> dict[str, np.ndarray]:
     return scores
 
 
-def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
+def _fit_model(name, model, models_dir, meta, outs, checks, images, fit_args,
                generic=None) -> tuple[dict, dict]:  # fmt: skip
     """Fit, choose the method, store `ood.npz`, `ood.json` (and the generic extractor); never
     reads the test sets.
@@ -147,11 +147,13 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
     The method: the best `oodmetrics.kind_balanced_auroc` on the select part of `images` (then
     the best plain AUROC of in-distribution and other-source brains against the other images).
 
+    `checks`: `(colours, skulls)`, the `ood.colour_fraction` and `ood.skull_flag` of each set.
+
     Returns:
         The stored info, every method's scaled score per set (`{method: {set: (n,)}}`) and the
-        CT check's flags per set (`{}` when the method has none).
+        CT checks' flags per set (feature check or skull ring).
     """
-    arrays = _gaussians(outs)
+    (colours, skulls), arrays = checks, _gaussians(outs)
     raw = {
         s: ood.raw_scores(out, arrays) for s, out in outs.items() if s not in (*FIT_SETS, CT_SET)
     }
@@ -176,9 +178,12 @@ def _fit_model(name, model, models_dir, meta, outs, colours, images, fit_args,
             _fit_sets(outs), outs[CT_SET][part], part, feats, oodfeatures.fit_gaussian
         )
         arrays |= ct_arrays
+    ct = {s: np.asarray(ct.get(s, False)) | skulls[s] for s in raw}
+    skull_info = {"rule": "a saturated skull ring around a darker, flat brain (`btc.oodct.skull_ring`)",
+                  "flagged": {s: round(float(np.mean(skulls[s])), 6) for s in ("val", "ext_train", "test", "ext_test") if s in skulls}}  # fmt: skip
     info = {
         "model": name, "method": method, "scales": scales, "selection_auroc": selection,
-        **({"ct_check": ct_info} if ct_info else {}),
+        **({"ct_check": ct_info} if ct_info else {}), "skull_check": skull_info,
         "selection_kind_auroc": balanced,
         "stage_layers": oodfeatures.stage_layers(model, meta["gradcam_layer"]),
         **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
@@ -349,12 +354,12 @@ def fit_and_report(
     ext = external.load_external(manifest_path.with_name("external.csv"))
     if ext is not None:
         frames |= {f"ext_{s}": (ext, s) for s in ("train", "test") if (ext.split == s).any()}
-    colours = {"images": np.array([ood.colour_fraction(i["raw"]) for i in images])}
-    for key, (frame, split) in frames.items():
-        paths = frame.loc[frame.split == split, "path"]
-        colours[key] = np.array([ood.colour_fraction(Path(p).read_bytes()) for p in paths])
-    if "ext_train" in colours:
-        colours["ext_train_held_out"] = colours["ext_train"]
+    raws = {"images": [i["raw"] for i in images]} | {k: [Path(p).read_bytes() for p in f.loc[f.split == s, "path"]] for k, (f, s) in frames.items() if k != "train"}  # fmt: skip
+    colours = {k: np.array([ood.colour_fraction(r) for r in v]) for k, v in raws.items()}
+    skulls = {k: np.array([ood.skull_flag(r) for r in v], bool) for k, v in raws.items()}
+    del raws
+    for checks in (colours, skulls) if "ext_train" in colours else ():
+        checks["ext_train_held_out"] = checks["ext_train"]
     config.check_choice("risk_bound", risk_bound, ood.RISK_BOUNDS)
     fit_args = (accept_rate, target_error, min_answered, risk_bound)
     fitted, members, generics = {}, {}, {}
@@ -365,8 +370,8 @@ def fit_and_report(
         if size not in generics:
             generics[size] = oodfeatures.generic_model(size)
         outs = _outputs(model, meta, frames, arrays, batch_size, generics[size])
-        fitted[name], scaled, ct = _fit_model(name, model, models_dir, meta, outs, colours, images,
-                                          fit_args, generics[size])  # fmt: skip
+        fitted[name], scaled, ct = _fit_model(name, model, models_dir, meta, outs, (colours, skulls),
+                                              images, fit_args, generics[size])  # fmt: skip
         fitted[name]["report_auroc"] = _method_aurocs(scaled, colours, reported)
         members[name] = {"scaled": scaled[fitted[name]["method"]], "ct": ct,
                          "calibrated": {s: o["calibrated"] for s, o in outs.items() if s not in (*FIT_SETS, CT_SET)},
@@ -377,7 +382,7 @@ def fit_and_report(
     for name, member in members.items():
         entries[name] = _report(fitted[name], member, colours, images, n_bootstrap, seed)
         entries[name] |= {k: fitted[name].get(k) for k in
-                          ("selection_auroc", "selection_kind_auroc", "report_auroc", "ct_check")}  # fmt: skip
+                          ("selection_auroc", "selection_kind_auroc", "report_auroc", "ct_check", "skull_check")}  # fmt: skip
     out = Path(results_dir or config.RESULTS_DIR) / "03_evaluate"
     curves = {n: e.pop("curve") for n, e in entries.items()}
     plots.risk_coverage(curves, {n: e["selective"] for n, e in entries.items()}, target_error,

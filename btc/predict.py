@@ -224,8 +224,9 @@ def predict(
                for item in expand_input(img, names[i] if names else f"image {i}")]  # fmt: skip
     per_model: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}  # each member's scaled OOD feature score
-    cts: dict[str, np.ndarray] = {}  # each member's CT check (`ood.ct_flags`)
+    cts: dict[str, np.ndarray] = {}  # each member's CT checks (`ood.ct_flags`)
     arrays: dict[int, np.ndarray] = {}
+    skulls = [ood.skull_flag(raw) for raw, *_ in encoded] if runtime == "keras" else None
     for name in members:
         meta, loaded = models[name].metadata, models[name]
         size = meta["image_size"]
@@ -234,7 +235,7 @@ def predict(
         if runtime == "keras" and loaded.ood.get("available"):
             out = oodfeatures.forward(loaded.model, loaded.feature_model, arrays[size])  # one pass
             raw_probs, scores[name] = out["probs"], ood.feature_score(out, loaded.ood)
-            cts[name] = ood.ct_flags(out, loaded.ood)
+            cts[name] = ood.ct_flags(out, loaded.ood, skulls)
         else:
             batches = [arrays[size][i : i + 64] for i in range(0, len(arrays[size]), 64)]
             # predict_on_batch runs the compiled graph: ~10 ms for one image vs ~130 ms eager

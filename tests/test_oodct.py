@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from PIL import Image
 
 from btc import inputs, ood, oodct, oodfeatures, predict, reports
+from tests.conftest import OOD_DEV, SHARED_EXTERNAL
 
 
 def _mri_head(size: int = 96) -> np.ndarray:
@@ -124,3 +128,95 @@ def test_the_ct_check_is_fitted_stored_and_applied_by_predict(ood_fitted, ood_lo
         after["status"] == "out_of_distribution"
     )  # any member's CT check refuses for the ensemble
     assert after["ood_score"] == before["ood_score"]  # the score itself is unchanged
+
+
+def _ct_head(size: int = oodct.RING_SIZE, skin: float = 0.46, bone: float = 0.42) -> np.ndarray:
+    """A CT-like axial head: grey scalp, saturated bone ring, flat grey brain, darker ventricles."""
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    r = np.hypot(xx, yy)
+    rng = np.random.default_rng(3)
+    img = np.where(r < skin, 0.45, 0.0)  # scalp: soft tissue
+    img = np.where(r < skin - 0.01, 1.0, img)  # bone: saturated in a soft-tissue window
+    brain = 0.4 + 0.02 * rng.standard_normal((size, size))
+    img = np.where(r < bone, brain, img)
+    img = np.where((np.abs(xx) < 0.06) & (np.abs(yy) < 0.12), 0.15, img)  # ventricles
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def test_skull_ring_tells_a_ct_skull_from_mri_scalp_fat():
+    ct = _ct_head()
+    profile = oodct.ring_profile(ct)
+    assert profile.shape == (len(oodct.RING_DEPTHS),) and profile[1:3].max() > 0.95
+    assert oodct.skull_ring(ct)
+    # a tightly framed CT, the skull cut by the image border, is still one
+    size = oodct.RING_SIZE
+    assert oodct.skull_ring(_ct_head(size + 24)[12 : 12 + size, 12 : 12 + size])
+    mri = _mri_head(oodct.RING_SIZE)[..., 0]  # bright scalp fat over a dark cortical bone
+    assert oodct.ring_profile(mri)[1:3].max() > 0.85  # bright under the edge, like CT bone ...
+    assert not oodct.skull_ring(mri)  # ... but the dark band under it is MRI's
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    dark = (np.hypot(xx, yy) > 0.39) & (np.hypot(xx, yy) < 0.42)
+    fat = np.where(dark, 0.05, ct)  # a bright ring over a dark band, as FLAIR's scalp fat
+    assert oodct.ring_profile(fat)[-1] >= oodct.RING_SATURATED and not oodct.skull_ring(fat)
+    assert not oodct.skull_ring(np.where(ct > 0.9, 0.4, ct))  # no bright skull: not CT
+    assert not oodct.skull_ring(np.where(ct < 0.9, ct * 2.2, ct).clip(0, 1))  # bright brain
+    assert not oodct.skull_ring(np.zeros((size, size)))  # no head at all
+    assert not oodct.skull_ring(np.full((size, size), 0.5))  # flat grey frame
+
+
+def _gray(path: Path) -> np.ndarray:
+    """A file decoded as `ood.skull_flag` does."""
+    from btc.images import decode_and_resize
+
+    return decode_and_resize(path.read_bytes(), oodct.RING_SIZE).numpy()[..., 0] / 255.0
+
+
+def test_skull_ring_on_real_scans(shared_data):
+    heads = sorted((OOD_DEV / "other_medical").glob("CT_head_*"))
+    if not heads:
+        pytest.skip(f"no head CT in {OOD_DEV / 'other_medical'}")
+    assert all(ood.skull_flag(p.read_bytes()) for p in heads)  # tightly framed head CTs
+    others = sorted((OOD_DEV / "brain_mri_other").glob("*"))
+    assert others and not any(oodct.skull_ring(_gray(p)) for p in others)
+    rng = np.random.default_rng(0)
+    mri = [
+        p for c in ("glioma", "pituitary") for p in sorted((shared_data / "Testing" / c).glob("*"))
+    ]
+    mri = [mri[i] for i in rng.choice(len(mri), 80, replace=False)]
+    mri += sorted((SHARED_EXTERNAL / "images").glob("*.jpg"))[:60]  # Br35H: MRI with bright scalp
+    assert sum(oodct.skull_ring(_gray(p)) for p in mri) <= 1
+
+
+def test_the_skull_check_gates_only_models_fitted_with_it():
+    out = {"probs": np.zeros((3, 4))}
+    skull = [True, False, True]
+    stats_ = {"info": {"skull_check": {"rule": "r", "flagged": {"val": 0.01}}}, "arrays": {}}
+    assert ood.ct_flags(out, stats_, skull).tolist() == skull
+    assert ood.ct_flags(out, stats_).tolist() == [False] * 3  # no pixels given
+    old = {"info": {}, "arrays": {}}  # fitted before the skull check: unchanged behaviour
+    assert ood.ct_flags(out, old, skull).tolist() == [False] * 3
+
+
+def test_the_skull_check_is_reported_and_refuses_a_ct_in_predict(
+    ood_fitted, ood_loaded, tmp_path, monkeypatch
+):
+    models_dir, manifest, report, _ = ood_fitted
+    for name in ("cnn", "mobilenet"):
+        info = json.loads((models_dir / name / ood.THRESHOLDS_FILE).read_text())
+        assert set(info["skull_check"]["flagged"]) >= {"val", "test"}
+        assert report["models"][name]["skull_check"] == info["skull_check"]
+    path = tmp_path / "ct.png"
+    Image.fromarray((_ct_head(256) * 255).astype(np.uint8)).save(path)
+    rec = predict.predict_files([path], "ensemble", ood_loaded, models_dir)[0]
+    assert rec["ok"] and rec["status"] == "out_of_distribution"
+    for member in rec["per_model"].values():
+        assert member["status"] == "out_of_distribution"
+    frame = pd.read_csv(manifest, keep_default_na=False)
+    scan = frame[frame.split == "val"].path.iloc[0]
+    before = predict.predict_files([scan], "ensemble", ood_loaded, models_dir)[0]
+    monkeypatch.setattr(ood, "skull_flag", lambda raw: True)  # the pixels now show a CT skull
+    after = predict.predict_files([scan], "ensemble", ood_loaded, models_dir)[0]
+    assert before["per_model"]["cnn"]["status"] != "out_of_distribution"
+    assert after["status"] == "out_of_distribution"
+    assert after["per_model"]["cnn"]["ood_reason"] == ood.CT_REASON
+    assert after["ood_score"] == before["ood_score"]
