@@ -243,16 +243,19 @@ def ood_markdown(report: dict) -> str:
     lines += ["", "Rejected / images per kind, select and report parts together (the select part "
               "chose the method; brain* kinds must be accepted):", "", *_table(["model", *every], rows)]  # fmt: skip
     checked = {n: e["ct_check"] for n, e in models.items() if e.get("ct_check")}
-    if checked:
+    skulls = {n: e["skull_check"] | {"part": "pixels: skull ring"} for n, e in models.items() if e.get("skull_check")}  # fmt: skip
+    if checked or skulls:
         flagged = {n: {k: sum(i["ct_like"].get(n, False) for i in report["images"] if i["kind"] == k
                            and "ct_like" in i) for k in every} for n in models}  # fmt: skip
         rows = [[n, c["part"], *(_pct(c["flagged"].get(s)) for s in ("val", "test", "ext_test")),
+                 "(either: above)" if c is skulls.get(n) and n in checked else
                  ", ".join(f"{k} {v}" for k, v in flagged[n].items() if v) or "none"]
-                for n, c in checked.items()]  # fmt: skip
+                for n, c in [*checked.items(), *skulls.items()]]  # fmt: skip
         if "ensemble" in models:
             rows.append(["ensemble", "any member", "", "", "", ", ".join(f"{k} {v}" for k, v in flagged["ensemble"].items() if v) or "none"])  # fmt: skip
-        lines += ["", "CT check (`btc.oodct`: nearer to simulated CT than to every brain cluster "
-                  "refuses, like colour): % of the brain scans flagged, and images flagged per kind:",
+        lines += ["", "CT checks (`btc.oodct`: nearer to simulated CT than to every brain cluster, or "
+                  "a CT's skull in the pixels, refuses like colour): % of the brain scans each "
+                  "flags, and images flagged per kind by either:",
                   "", *_table(["model", "features", "val", "test", "Br35H test", "images flagged"], rows)]  # fmt: skip
     # turned copies (`name@rot90`) are counted in the per-kind tables (`brain_mri_turned`)
     held = [i for i in report["images"] if i.get("held_out") and "rejected" in i and "@" not in i["name"]]  # fmt: skip

@@ -205,6 +205,7 @@ def test_the_skull_check_is_reported_and_refuses_a_ct_in_predict(
         info = json.loads((models_dir / name / ood.THRESHOLDS_FILE).read_text())
         assert set(info["skull_check"]["flagged"]) >= {"val", "test"}
         assert report["models"][name]["skull_check"] == info["skull_check"]
+    assert "| cnn | pixels: skull ring |" in reports.ood_markdown(report)
     path = tmp_path / "ct.png"
     Image.fromarray((_ct_head(256) * 255).astype(np.uint8)).save(path)
     rec = predict.predict_files([path], "ensemble", ood_loaded, models_dir)[0]
