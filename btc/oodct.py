@@ -19,7 +19,8 @@ edge is at the brightest level and a large share of the head is saturated bone, 
 inside is a flat grey well below it; on MRI the band under the scalp is dark (cortical bone). The
 levels are round, physical ones (bone within 15 % of the head's 99th percentile, brain at most
 60 % of it, saturated bone at least 8 % of the head, no band between bone and brain darker than
-90 % of the brain), not fitted to images.
+90 % of the brain). Nothing is fitted, but they were chosen with the OOD folder's head CTs and the
+flagged Br35H scans in view, so head CT results on those images are optimistic (README).
 """
 
 from __future__ import annotations
