@@ -226,7 +226,8 @@ def predict(
     scores: dict[str, np.ndarray] = {}  # each member's scaled OOD feature score
     cts: dict[str, np.ndarray] = {}  # each member's CT checks (`ood.ct_flags`)
     arrays: dict[int, np.ndarray] = {}
-    skulls = [ood.skull_flag(raw) for raw, *_ in encoded] if runtime == "keras" else None
+    uses_skull = any((models[n].ood.get("info") or {}).get("skull_check") for n in members)
+    skulls = [ood.skull_flag(raw) for raw, *_ in encoded] if runtime == "keras" and uses_skull else None  # fmt: skip
     for name in members:
         meta, loaded = models[name].metadata, models[name]
         size = meta["image_size"]
