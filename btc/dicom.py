@@ -1,11 +1,11 @@
 """DICOM input: MR slices to 8-bit grayscale, series in slice order (de-identification: `btc.deidentify`).
 
 Read with pydicom; compressed transfer syntaxes are decoded by the pylibjpeg plugins that
-`make setup` installs. Only the MR modality is accepted. Pixel handling follows PS3.3 C.11:
-rescale slope/intercept (per frame for enhanced multi-frame files), then the first VOI window
-(WindowCenter/Width, LINEAR, LINEAR_EXACT or SIGMOID), else a robust percentile window, then
-MONOCHROME1 is inverted. Pixels leave as plain arrays; the `info` that travels with them names
-no patient, date, institution or UID, only how the pixels were made.
+`make setup` installs. Only MR is accepted, and no trunk or limb body part. Pixel handling
+follows PS3.3 C.11: rescale slope/intercept (per frame for enhanced multi-frame files), then the
+first VOI window (WindowCenter/Width, LINEAR, LINEAR_EXACT or SIGMOID), else a robust percentile
+window, then MONOCHROME1 is inverted. Pixels leave as plain arrays; the `info` that travels with
+them names no patient, date, institution or UID, only how the pixels were made.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import io
 import logging
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,16 @@ PERCENTILES = (0.5, 99.5)
 MODALITY_WORDS = {"CT": "CT (Hounsfield units of X-ray attenuation)", "PT": "PET", "US": "ultrasound",
                   "CR": "radiograph", "DX": "radiograph", "MG": "mammogram", "NM": "nuclear medicine",
                   "SEG": "segmentation", "SR": "structured report", "PR": "presentation state"}  # fmt: skip
+# Body Part Examined (0018,0015) terms of DICOM PS3.16 Annex L that cannot hold a brain slice (trunk,
+# limbs, lower spine), compared without spaces or underscores; other values, missing ones included,
+# go on to the pixel checks (a mislabelled or localised head value must not refuse a brain)
+NON_HEAD_PARTS = frozenset(
+    "ABDOMEN ABDOMENPELVIS ADRENAL ANKLE ARM AXILLA BACK BLADDER BREAST BUTTOCK CALF CHEST "
+    "CHESTABDOMEN CHESTABDPELVIS CLAVICLE COCCYX COLON ELBOW EXTREMITY FEMUR FINGER FOOT FOREARM "
+    "GALLBLADDER HAND HEART HIP HUMERUS KIDNEY KNEE LEG LIVER LSPINE LSSPINE LUNG PANCREAS PELVIS "
+    "PROSTATE RIB SACRUM SCAPULA SHOULDER SPLEEN STERNUM STOMACH THIGH TIBIA TLSPINE TOE TSPINE "
+    "UTERUS WRIST".split()
+)
 
 
 class DicomError(ValueError):
@@ -114,6 +125,9 @@ def _check_usable(ds, name: str) -> None:
             "output on other modalities is meaningless. `Modality` must be one of "
             f"{list(ACCEPTED_MODALITIES)}. Received: Modality={modality!r}"
         )
+    part = str(ds.get("BodyPartExamined", "") or "")
+    if re.sub(r"[^A-Z]", "", part.upper()) in NON_HEAD_PARTS:
+        raise DicomError(f"{name}: body part {part.strip()} refused: btc was trained on brain MR slices only. `BodyPartExamined` must be a head region (e.g. 'BRAIN', 'HEAD') or empty. Received: BodyPartExamined={part!r}")  # fmt: skip
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in PHOTOMETRIC or int(ds.get("SamplesPerPixel", 1)) != 1:
         raise DicomError(

@@ -141,17 +141,30 @@ def _dicom_png(path, middle: bool) -> bytes:
     return png(arr[0] if arr.ndim == 4 else arr)
 
 
+def _dicom_refusal(path) -> str | None:
+    """Why `btc predict` refuses the DICOM file itself (its header: modality, body part), or None."""
+    try:
+        dicom.read_dicom(path)
+    except dicom.DicomError as exc:
+        return str(exc).split(": ")[1]  # "modality CT (…) refused", "body part ABDOMEN refused"
+    return None
+
+
 def pydicom_images() -> list[dict]:
     """pydicom's bundled CT, US and non-brain MR files of `PYDICOM_FILES` (first frame) and, when
-    `pydicom-data` is installed, its files of `PYDICOM_DATA_FILES` (middle frame), as PNG."""
+    `pydicom-data` is installed, its files of `PYDICOM_DATA_FILES` (middle frame), as PNG. Each
+    item's `dicom_refused` says why `btc predict` would refuse the original file (None: it reads
+    it): the OOD report is on the PNG pixels, as for an exported slice."""
     from pydicom.data import get_testdata_file
 
     items = []
     for name, kind in PYDICOM_FILES.items():
         try:
-            items.append(_item(kind, f"pydicom/{name}", _dicom_png(get_testdata_file(name), False)))
+            path = get_testdata_file(name)
+            items.append(_item(kind, f"pydicom/{name}", _dicom_png(path, False)))
         except Exception:  # a file this pydicom cannot decode is skipped
             continue
+        items[-1]["dicom_refused"] = _dicom_refusal(path)
     try:
         import data_store  # pydicom-data
 
@@ -165,6 +178,7 @@ def pydicom_images() -> list[dict]:
             continue
         expect = "accept" if kind.startswith("brain") else "reject"
         items.append(_item(kind, f"pydicom-data/{name}", raw, expect=expect))
+        items[-1]["dicom_refused"] = _dicom_refusal(folder / name)
     return items
 
 

@@ -242,6 +242,15 @@ def ood_markdown(report: dict) -> str:
                      for k in every)] for name, e in models.items()]  # fmt: skip
     lines += ["", "Rejected / images per kind, select and report parts together (the select part "
               "chose the method; brain* kinds must be accepted):", "", *_table(["model", *every], rows)]  # fmt: skip
+    files = [i for i in report["images"] if "dicom_refused" in i and "rejected" in i]
+    if files:  # the bundled DICOM files: what `btc predict` does with the file itself
+        refused = {k: f"{sum(bool(i['dicom_refused']) for i in files if i['kind'] == k)}/{sum(i['kind'] == k for i in files)}"
+                   for k in sorted({i["kind"] for i in files})}  # fmt: skip
+        passed = {n: [i["name"] for i in files if i["dicom_refused"] and not i["rejected"][n]] for n in models}  # fmt: skip
+        lines += ["", f"The {len(files)} bundled DICOM files above are scored as PNG pixels (an exported "
+                  "slice). Given the DICOM file, `btc predict` refuses by its header (modality, body part) "
+                  f"{', '.join(f'{k} {v}' for k, v in refused.items())}; among them, accepted by the pixel "
+                  "checks: " + "; ".join(f"{n}: {', '.join(v) or 'none'}" for n, v in passed.items()) + "."]  # fmt: skip
     checked = {n: e["ct_check"] for n, e in models.items() if e.get("ct_check")}
     skulls = {n: e["skull_check"] | {"part": "pixels: skull ring"} for n, e in models.items() if e.get("skull_check")}  # fmt: skip
     if checked or skulls:

@@ -240,6 +240,26 @@ def test_non_mr_is_refused_with_the_reason(tmp_path, modality):
         dicom.read_dicom(tmp_path / "x.dcm")
 
 
+@pytest.mark.parametrize("part", ["ABDOMEN", "Chest", "abdomen pelvis", "L_SPINE", "KNEE"])
+def test_trunk_and_limb_body_parts_are_refused_with_the_reason(tmp_path, part):
+    make_mr(tmp_path / "x.dcm", extra={"BodyPartExamined": part})
+    with pytest.raises(dicom.DicomError, match=rf"x.dcm: body part {part} refused: .*must be a head region.*Received: BodyPartExamined='{part}'"):  # fmt: skip
+        dicom.read_dicom(tmp_path / "x.dcm")
+
+
+@pytest.mark.parametrize("part", ["BRAIN", "HEAD", "HEADNECK", "SKULL", "KOPF", "CSPINE", ""])
+def test_head_unknown_and_missing_body_parts_are_read(tmp_path, part):
+    make_mr(
+        tmp_path / "x.dcm", extra={"BodyPartExamined": part}
+    )  # a localised value is not refused
+    assert len(dicom.read_dicom(tmp_path / "x.dcm")) == 1
+
+
+def test_bundled_abdominal_mr_is_refused_by_its_body_part():
+    with pytest.raises(dicom.DicomError, match=r"examples_overlay.dcm: body part ABDOMEN refused"):
+        dicom.read_dicom(get_testdata_file("examples_overlay.dcm"))
+
+
 def test_bundled_ct_is_refused_as_ct():
     with pytest.raises(dicom.DicomError, match=r"CT \(Hounsfield.*must be one of \['MR'\]"):
         dicom.read_dicom(get_testdata_file("CT_small.dcm"))
@@ -365,6 +385,7 @@ def test_predict_files_series_folder_multiframe_and_bad_files(loaded, tmp_path):
     for name, z, g in (("IM3", 20.0, grays[0]), ("IM1", 0.0, grays[1]), ("IM2", 10.0, grays[2])):
         make_mr(exam / name, g, z=z, series_uid=series_uid, window=IDENTITY)
     make_mr(exam / "ct" / "CT1", grays[0], modality="CT", series_number=9)
+    make_mr(exam / "abd" / "AB1", grays[0], series_number=8, extra={"BodyPartExamined": "ABDOMEN"})
     (exam / "junk.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 50)
     make_mr(tmp_path / "cine.dcm", np.stack(grays), window=IDENTITY)
     records = predict.predict_files([exam, tmp_path / "cine.dcm"], "cnn", models)
@@ -377,6 +398,7 @@ def test_predict_files_series_folder_multiframe_and_bad_files(loaded, tmp_path):
     assert summary["file"] == str(exam) and summary["slices"] == 3 and summary["model"] == "cnn"
     errors = {Path(r["file"]).name: r["error"] for r in records if not r["ok"]}
     assert "modality CT" in errors["CT1"] and "junk.dcm" in errors["junk.dcm"]
+    assert "body part ABDOMEN refused" in errors["AB1"]
     frames = [r for r in records if r["file"] == str(tmp_path / "cine.dcm") and "kind" not in r]
     assert [r["input"] for r in frames] == [f"cine.dcm#frame{i}" for i in (1, 2, 3)]
     for frame_rec, slice_rec in zip(frames, [slices[2], slices[0], slices[1]]):  # same pixels

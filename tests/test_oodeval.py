@@ -94,6 +94,10 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(ood_fitted):
         for name, e in saved["models"].items():
             above = image["scores"][name] > e["ood_threshold"]
             assert image["rejected"][name] is True or not above  # below: accepted unless coloured
+    files = [i for i in saved["images"] if i.get("dicom_refused")]  # header refusals are listed
+    assert files and "bundled DICOM files above are scored as PNG pixels" in markdown
+    accepted = [i["name"] for i in files if not i["rejected"]["cnn"]]
+    assert all(n in markdown.split("accepted by the pixel checks: cnn: ")[1] for n in accepted)
     held = [i for i in saved["images"] if i.get("held_out")]  # Debian packages, when installed
     assert ("Held-out images from Debian" in markdown) == bool(held)
     assert all(i["part"] == "report" for i in held)

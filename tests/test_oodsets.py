@@ -40,6 +40,13 @@ def test_folder_parts_alternate_within_each_kind_and_brain_is_reported(tmp_path)
     assert "matplotlib/s1045" in brains and "nilearn/mni152_sagittal" in brains
     assert "pydicom-data/emri_small.dcm" in brains
     assert {"head_ct", "other_medical"} <= {i["kind"] for i in bundled if i["name"].startswith("pydicom-data/")}  # fmt: skip
+    # what `btc predict` does with each original DICOM file: its header refuses CT and trunk MR
+    refused = {i["name"]: i["dicom_refused"] for i in bundled if "dicom_refused" in i}
+    assert refused["pydicom/693_J2KI.dcm"].startswith("modality CT")
+    assert refused["pydicom/examples_overlay.dcm"] == "body part ABDOMEN refused"
+    assert refused["pydicom-data/emri_small.dcm"] is None  # BodyPartExamined HEAD: read
+    assert refused["pydicom/MR_small.dcm"] is None  # no BodyPartExamined: left to the pixels
+    assert "dicom_refused" not in next(i for i in bundled if i["kind"] == "synthetic")
 
 
 def test_system_volumes_and_metaimages_become_oriented_pngs(tmp_path):
