@@ -448,12 +448,14 @@ def test_widget_takes_a_dicom_series_upload(loaded, monkeypatch):
                                                   series_uid=series_uid, window=IDENTITY)))
                for i, p in enumerate(test_files[:2])]  # fmt: skip
     uploads.append(("ct.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes()))
+    uploads.append(("abdomen.dcm", Path(get_testdata_file("examples_overlay.dcm")).read_bytes()))
     app = widgets.PredictApp(models)
     assert ".dcm" in app.upload.accept and app.upload.multiple
     app.upload.value = tuple({"name": n, "type": "application/dicom", "size": len(c), "content": memoryview(c),
                               "last_modified": datetime.datetime(2026, 1, 1)} for n, c in uploads)  # fmt: skip
     assert "Uploaded slice0.dcm, slice1.dcm" in app.status.value
     assert "Rejected: ct.dcm: modality CT" in app.status.value
+    assert "Rejected: abdomen.dcm: body part ABDOMEN refused" in app.status.value
     record = app.run_prediction()
     assert [r["input"] for r in app.records] == ["slice1.dcm", "slice0.dcm"]  # z = -1 before z = 0
     assert app.series.value.count("<tr") == 3 and "Series answer" in app.series.value
