@@ -191,8 +191,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from btc.config import CLASS_NAMES
 
         fields = ["file", "ok", "error", "model", "class", "confidence", "runner_up"]
-        status = ["status", "ood_score", "ood_threshold", "ood_reason", "confidence_threshold",
-                  "status_note"]  # fmt: skip
+        status = ["status", "ood_kind", "ood_score", "ood_threshold", "ood_far", "ood_reason",
+                  "confidence_threshold", "status_note"]  # fmt: skip
         series = ["input", "series", "kind", "tumour_probability", "key_slice", "agreeing_slices"]
         writer = csv.DictWriter(sys.stdout, fields + [f"p_{c}" for c in CLASS_NAMES] + status + series,
                                 extrasaction="ignore")  # fmt: skip
@@ -201,6 +201,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             probs = {f"p_{c}": p for c, p in rec.get("probabilities", {}).items()}
             limits = rec.get("thresholds") or {}
             writer.writerow({**rec, **probs, "ood_threshold": limits.get("ood"),
+                             "ood_far": limits.get("ood_far"),
                              "confidence_threshold": limits.get("confidence")})  # fmt: skip
     return 0 if any(r["ok"] for r in records) else 1
 
@@ -308,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify JPEG/PNG scans and MR DICOM (detected by content). One record per "
         "file, per DICOM frame and per slice of a DICOM folder, plus a kind=series record per "
         "series; a bad file gets ok=false and an error. Every record has a status: predicted, "
-        "uncertain (refer to a radiologist) or out_of_distribution (not a brain MRI slice; the "
-        "class is flagged as meaningless), with ood_score and the thresholds. Exit code 0 when at least one file was "
+        "uncertain (refer to a radiologist) or out_of_distribution (not analysed; the class is "
+        "flagged as meaningless; ood_kind: not_brain_mri, or unfamiliar when it may be a brain MRI "
+        "from elsewhere), with ood_score and the thresholds. Exit code 0 when at least one file was "
         "predicted, 1 when none could be, 2 when no model is available. Research decision support, not a diagnosis.",
     )
     p.add_argument("images", nargs="+", help="JPEG, PNG or MR DICOM files, or DICOM folders")

@@ -8,7 +8,8 @@ fails, a deterministic template built from the same facts is returned, labelled 
 
 The facts carry the prediction's status (`btc.ood`). An image rejected as out of distribution is
 never explained as a finding: its explanation is a fixed refusal (Gemini is not asked), and the
-chat is told only that the image was rejected and why, without class, probabilities or saliency.
+chat is told only that the image was rejected and why, without class, probabilities or saliency;
+one that may be a brain MRI from elsewhere (`ood_kind == "unfamiliar"`) is never called "not a brain".
 An uncertain prediction is explained as an abstention: refer to a radiologist.
 """
 
@@ -44,8 +45,9 @@ SYSTEM_INSTRUCTION = (
     "confidence and the runner-up class; describe highlighted regions exactly as given (the "
     "saliency map shows what the model used, not where a tumour is). Be concise (at most 120 "
     "words). Decline to give treatment or management advice and refer to the care team. "
-    "If the status is REJECTED, the image is not a brain MRI slice as far as the classifier can "
-    "tell: never describe a tumour, class or finding in it. If the status is UNCERTAIN, the "
+    "If the status is REJECTED, the classifier did not analyse the image (not a brain MRI "
+    "slice, or unlike the scans it was trained on, as the facts say): never describe a tumour, "
+    "class or finding in it. If the status is UNCERTAIN, the "
     "classifier abstains: present no class as the answer; the scan needs a radiologist's reading."
 )
 STATUSES = ("predicted", "uncertain", "out_of_distribution")  # as btc.ood (no TensorFlow here)
@@ -54,6 +56,12 @@ REJECTED_TEXT = (
     "trained on 2-D brain MRI slices only and its output for other images is meaningless. "
     "No tumour finding can be read from this result. Upload a brain MRI slice (JPEG/PNG or MR "
     "DICOM); if this is one, ask a radiologist to read it."
+)
+UNFAMILIAR_TEXT = (
+    "This image is unlike the brain MRI slices btc was trained on{reason}, so btc did not analyse "
+    "it: its output would not be reliable. It may still be a brain MRI, from another scanner, "
+    "sequence, orientation or crop, so nothing can be read from this result either way: a "
+    "radiologist should read the scan. No tumour finding can be read from this result."
 )
 
 
@@ -70,6 +78,8 @@ class Facts:
         colormap: Colormap of the displayed overlay.
         status: `"predicted"`, `"uncertain"` or `"out_of_distribution"` (`btc.ood`).
         ood_reason: Why an image was rejected (e.g. `"colour image"`).
+        ood_kind: For a rejected image, `"not_brain_mri"` (btc is sure) or `"unfamiliar"` (it may
+            be a brain MRI from elsewhere; never told it is not one).
         confidence_threshold: The confidence below which the classifier abstains.
     """
 
@@ -82,6 +92,7 @@ class Facts:
     status: str = "predicted"
     ood_reason: str | None = None
     confidence_threshold: float | None = None
+    ood_kind: str | None = None
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -93,11 +104,16 @@ class Facts:
         """The facts of a `btc.predict` record (status and thresholds included)."""
         return cls(record["class"], record["probabilities"], model, method, saliency or {},
                    colormap, record.get("status", "predicted"), record.get("ood_reason"),
-                   (record.get("thresholds") or {}).get("confidence"))  # fmt: skip
+                   (record.get("thresholds") or {}).get("confidence"), record.get("ood_kind"))  # fmt: skip
 
     @property
     def rejected(self) -> bool:
         return self.status == "out_of_distribution"
+
+    @property
+    def unfamiliar(self) -> bool:
+        """Rejected, but possibly a brain MRI from elsewhere: never call it "not a brain"."""
+        return self.rejected and self.ood_kind == "unfamiliar"
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -164,6 +180,14 @@ def build_prompt(facts: Facts) -> str:
 
     A rejected image's prompt holds only the rejection: no class, probability or saliency.
     """
+    if facts.unfamiliar:
+        return (
+            f"Status: REJECTED — the input is unlike the brain MRI slices the classifier was "
+            f"trained on{_reason(facts)}; it may still be a brain MRI from another scanner or "
+            "protocol. The classifier's output is unreliable for it and is withheld. Explain "
+            "briefly that the image was not analysed, that no finding can be read from it, and "
+            "that a radiologist should read it. Do not say it is not a brain MRI."
+        )
     if facts.rejected:
         return (
             f"Status: REJECTED — the input does not look like a brain MRI slice{_reason(facts)}. "
@@ -190,7 +214,8 @@ def build_prompt(facts: Facts) -> str:
 def template_explanation(facts: Facts) -> str:
     """A deterministic explanation from the same facts, for when Gemini is unavailable."""
     if facts.rejected:
-        return f"[{TEMPLATE_LABEL}]\n" + REJECTED_TEXT.format(reason=_reason(facts))
+        text = UNFAMILIAR_TEXT if facts.unfamiliar else REJECTED_TEXT
+        return f"[{TEMPLATE_LABEL}]\n" + text.format(reason=_reason(facts))
     runner, runner_p = facts.runner_up
     if facts.status == "uncertain":
         return (

@@ -1,36 +1,31 @@
 """Refuse what is not a brain MRI slice; abstain when unsure (OOD rejection, selective prediction).
 
 Every prediction gets one of three statuses: `"out_of_distribution"` (the input does not look like
-the training scans: not analysed), `"uncertain"` (a brain MRI slice, but the calibrated confidence
-is below the threshold fitted for a target error rate: refer to a radiologist) or `"predicted"`.
+the training scans: not analysed; `ood_kind` says whether btc is sure it is no brain MRI, or only
+that it is unfamiliar), `"uncertain"` (a brain MRI slice, but the calibrated confidence is below
+the threshold fitted for a target error rate: refer to a radiologist) or `"predicted"`.
 
-OOD score candidates, computed from the trained model: `mahalanobis_pool` / `mahalanobis_stages` /
-`mahalanobis_dense` (the smallest Mahalanobis distance of the pooled last-conv features / the pooled
-outputs of the last three stages, concatenated / the penultimate dense features to the cluster
-means, with one shared Ledoit–Wolf covariance; Lee et al., 2018, without their input perturbation
-and OOD-tuned layer weights), `mahalanobis_generic` (the same on generic features: three pooled
-stages of a frozen ImageNet MobileNet α 0.25, log1p; features the fine-tuning did not narrow to
-the task, which tell modalities apart) and `mahalanobis_joint` (stages and generic concatenated),
-`knn_stages` / `knn_joint` (one minus the cosine similarity to the 50th nearest fit scan; Sun et
-al., 2022), their unions with the Mahalanobis score of the same features (`a+b`: the larger
-scaled score), `energy` (−logsumexp of the logits; Liu et al., 2020) and `msp`
-(1 − maximum softmax probability; Hendrycks & Gimpel, 2017). The clusters are the four classes of
-the train split plus the external set's *train* groups (Br35H tumour scans, "tumour, type
-unknown"), so a brain MRI from that source is not far from every cluster. Each score is scaled by
-its validation distribution (0 = median, 1 = the `accept_rate` quantile) and combined with a
-colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its pixels coloured
-is not a scan) by taking the maximum; a coloured image is rejected whatever the threshold
-(`rejected`), and so is an image nearer to simulated CT than to every brain cluster (the CT
-check, `btc.oodct`: head CT is the hardest kind) or whose pixels show a CT's skull, a saturated
-ring around a darker, flat brain (`skull_flag`, `btc.oodct.skull_ring`). The Gaussians are also fitted on a style-augmented copy of the train split (blur,
-gamma, simulated skull stripping), so brain MRI from other sources are not far. The method is
-chosen per model by kind-balanced AUROC on the *select* part (validation, held-out
-external-train and bundled other-source brain scans against synthetic, bundled and half of the
-OOD folder's images); numbers are reported on the rest. The threshold accepts `accept_rate` of
-the in-distribution brain scans pooled: the validation split and the external train groups
-scored by a fit without them (two folds of groups). The features and the Gaussian fit live in
-`btc.oodfeatures`; the fitting and the report in `btc.oodeval` (called by 03_evaluate); the numbers
-in `btc.oodmetrics`.
+OOD score candidates, computed from the trained model: `mahalanobis_pool` / `_stages` / `_dense`
+(the smallest Mahalanobis distance of the pooled last-conv features / the pooled outputs of the
+last three stages / the penultimate dense features to the cluster means, one shared Ledoit–Wolf
+covariance; Lee et al., 2018), `mahalanobis_generic` (on three pooled stages of a frozen ImageNet
+MobileNet α 0.25, which tell modalities apart) and `_joint` (stages and generic), `knn_stages` /
+`knn_joint` (cosine kNN; Sun et al., 2022), their unions with the Mahalanobis score (`a+b`: the
+larger scaled score), `energy` (Liu et al., 2020) and `msp` (Hendrycks & Gimpel, 2017). The
+clusters: the four classes of the train split and the external *train* groups (Br35H). Each score is scaled by its validation distribution (0 = median, 1 = the
+`accept_rate` quantile) and combined with a colour check (MRI is grayscale: an image with more
+than `COLOUR_FRACTION` of its pixels coloured is not a scan) by taking the maximum; a coloured
+image is rejected whatever the threshold (`rejected`), and so is an image nearer to simulated CT
+than to every brain cluster (`btc.oodct`: head CT is the hardest kind) or whose pixels show a
+CT's skull (`skull_flag`). The Gaussians are also fitted on a style-augmented copy of the train
+split (blur, gamma, simulated skull stripping). The method is chosen per model by kind-balanced
+AUROC on the *select* part (validation, held-out external-train and bundled other-source brain
+scans against synthetic, bundled and half of the OOD folder's images); numbers are reported on the
+rest. The threshold accepts `accept_rate` of the in-distribution brain scans pooled (validation
+and the external train groups scored by a fit without them); `ood_far`, the highest score of any
+brain MRI the fit knows, separates "not a brain MRI" from "unfamiliar". The features and the
+Gaussian fit live in `btc.oodfeatures`; fitting and report in `btc.oodeval` (called by
+03_evaluate); the numbers in `btc.oodmetrics`.
 """
 
 from __future__ import annotations
@@ -55,6 +50,10 @@ COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B excee
 # 5 % (JPEG chroma noise), the colour photographs and figures of ood-dev exceed 19 %
 COLOUR_FRACTION = 0.10
 CT_REASON = "looks like a CT scan, not an MRI: the skull is bright"
+# `ood_kind` of a rejected image (`ood_kinds`): "unfamiliar" may be a brain MRI from elsewhere
+OOD_KINDS = ("not_brain_mri", "unfamiliar")
+FAR_REASON = "far from every brain MRI scan btc was fitted on"
+UNFAMILIAR_REASON = "unlike the training scans, though it may be a brain MRI"
 STATS_FILE, THRESHOLDS_FILE, ENSEMBLE_FILE = "ood.npz", "ood.json", "ensemble_ood.json"
 UNAVAILABLE = "OOD checking unavailable: no fitted statistics for {} (run 03_evaluate)"
 LITERT_NOTE = ("LiteRT: status from the confidence threshold only (the OOD score needs the Keras "
@@ -179,6 +178,17 @@ def rejected(score, colour, threshold: float, ct=False):
         A bool (or bool array, for array inputs).
     """
     return (np.asarray(score) > threshold) | (np.asarray(colour) > COLOUR_FRACTION) | np.asarray(ct)
+
+
+def ood_kinds(score, colour, threshold: float, ct=False, far: float | None = None) -> np.ndarray:
+    """Each input's `ood_kind`: `""` when accepted, else one of `OOD_KINDS`.
+
+    `"not_brain_mri"` for a colour image, a CT-like one or a score above `far`; `"unfamiliar"`
+    for the rest of the rejected (all of them when `far` is `None`: statistics fitted before it).
+    """
+    sure = (np.asarray(colour) > COLOUR_FRACTION) | np.asarray(ct)
+    sure = sure | (np.asarray(score) > (np.inf if far is None else far))
+    return np.where(rejected(score, colour, threshold, ct), np.where(sure, *OOD_KINDS), "")
 
 
 def ct_flags(out: dict, stats_: dict, skull=None) -> np.ndarray:
@@ -359,25 +369,31 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
         ct: `ct_flags` of the input (`True`: nearer to simulated CT than to every brain cluster).
 
     Returns:
-        `status`, `ood_score` (`None` without features), `thresholds` (`ood`, `confidence`,
-        `method`, `target_error`, `accept_rate`, `fitted_on`), `ood_reason` and `status_note`.
-        Without `info`: status `"predicted"` and a note that OOD checking is unavailable.
+        `status`, `ood_score` (`None` without features), `thresholds` (`ood`, `ood_far`,
+        `confidence`, `method`, `target_error`, `accept_rate`, `fitted_on`), `ood_kind` (`None`
+        unless rejected; else one of `OOD_KINDS`: `"not_brain_mri"` for a colour image, a CT-like
+        one or a score above `ood_far`; `"unfamiliar"` between the thresholds, or always for
+        statistics fitted before `ood_far` existed), `ood_reason` and `status_note`. Without
+        `info`: status `"predicted"` and a note that OOD checking is unavailable.
     """
     if info is None:
-        return {"status": "predicted", "ood_score": None, "thresholds": None, "ood_reason": None,
-                "status_note": note or "OOD checking unavailable"}  # fmt: skip
+        return {"status": "predicted", "ood_score": None, "thresholds": None, "ood_kind": None,
+                "ood_reason": None, "status_note": note or "OOD checking unavailable"}  # fmt: skip
     score = None if feature is None else float(combine(feature, colour))
     status = status_of(score, info["ood_threshold"], confidence, info["confidence_threshold"],
                        info["target_met"], colour, bool(ct))  # fmt: skip
     if not info["target_met"] and status == "uncertain":
         note = note or "no confidence threshold met the target error on validation"
+    far = info.get("ood_far")
     thresholds = {"ood": None if feature is None else info["ood_threshold"],
+                  "ood_far": None if feature is None else far,
                   "confidence": info["confidence_threshold"], "method": info["method"],
                   "target_error": info["target_error"], "accept_rate": info["accept_rate"],
                   "fitted_on": info.get("fitted_on", {}).get("thresholds", "val")}  # fmt: skip
-    reason = None
+    kind, reason = None, None
     if status == "out_of_distribution":
-        reason = ("colour image" if colour > COLOUR_FRACTION else "unlike the training scans"
-                  if score > info["ood_threshold"] else CT_REASON)  # fmt: skip
+        kind = str(ood_kinds(score, colour, info["ood_threshold"], ct, far))
+        reason = ("colour image" if colour > COLOUR_FRACTION else CT_REASON if ct else
+                  FAR_REASON if kind == OOD_KINDS[0] else UNFAMILIAR_REASON)  # fmt: skip
     return {"status": status, "ood_score": None if score is None else round(score, 4),
-            "thresholds": thresholds, "ood_reason": reason, "status_note": note}  # fmt: skip
+            "thresholds": thresholds, "ood_kind": kind, "ood_reason": reason, "status_note": note}  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from btc import artifacts, config, datasets, ood, oodct, oodfeatures, oodmetrics, oodsets
+from btc import artifacts, config, datasets, ood, oodct, oodfeatures, oodmetrics, oodreport, oodsets
 from btc.artifacts import run_model_names
 from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
@@ -71,25 +71,32 @@ def _pooled_threshold(sources: dict, accept_rate: float) -> float:
 
 
 def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, min_answered,
-                risk_bound) -> dict:  # fmt: skip
-    """The OOD threshold and, on the validation scans it accepts, the confidence threshold.
+                risk_bound, brains=()) -> dict:  # fmt: skip
+    """The OOD threshold, `ood_far` and, on the validation scans accepted, the confidence threshold.
 
     The OOD threshold is the `accept_rate` quantile of the in-distribution brain scans pooled
-    (`val`, and `ext_train_held_out` when there is an external set), not the highest of each
-    source's own, which let the 5th-highest of 163 Br35H scans set it. Each source's own quantile
-    and accepted share are reported (`source_thresholds`, `accepted`).
+    (`val`, and `ext_train_held_out` when there is an external set). `ood_far` is the highest score
+    of any brain MRI the fit knows (those and `brains`, the select part's other-source brains):
+    above it btc says "not a brain MRI". Each source's own quantile and accepted share are reported.
     """
     per_source = {k: _pooled_threshold({k: v}, accept_rate) for k, v in sources.items()}
     threshold = _pooled_threshold(sources, accept_rate)
+    far = max(threshold, float(np.max(np.concatenate([*sources.values(), np.ravel(brains)]))))
     accepted = sources["val"] <= threshold
     confidence, correct = calibrated.max(1)[accepted], (calibrated.argmax(1) == labels)[accepted]
     fit = ood.fit_confidence_threshold(confidence, correct, target_error, min_answered, risk_bound)
-    return {"ood_threshold": round(threshold, 6), "accept_rate": accept_rate,
+    return {"ood_threshold": round(threshold, 6), "ood_far": round(far, 6), "accept_rate": accept_rate,
             "source_thresholds": {k: round(v, 6) for k, v in per_source.items()},
             "accepted": {k: round(float(np.mean(v <= threshold)), 6) for k, v in sources.items()},
             "val_accepted": round(float(accepted.mean()), 6),
             "confidence_threshold": fit["threshold"], "target_met": fit["target_met"],
             "target_error": target_error, "val_selective": fit}  # fmt: skip
+
+
+def _known_brains(images: list[dict], colours: dict) -> np.ndarray:
+    """The select part's grayscale brain MRI of other sources: they set `ood_far` too."""
+    known = np.array([i["part"] == "select" and i["expect"] == "accept" for i in images], bool)
+    return known & (colours["images"] <= ood.COLOUR_FRACTION)
 
 
 def _parts(outs: dict) -> list[str]:
@@ -186,7 +193,8 @@ def _fit_model(name, model, models_dir, meta, outs, checks, images, fit_args,
         **({"ct_check": ct_info} if ct_info else {}), "skull_check": skull_info,
         "selection_kind_auroc": balanced,
         "stage_layers": oodfeatures.stage_layers(model, meta["gradcam_layer"]),
-        **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args),
+        **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args,
+                      ood.combine(scaled[method]["images"], colours["images"])[_known_brains(images, colours)]),
         "temperature": calibration_of(meta)[0], "class_bias": calibration_of(meta)[1],
         "model_sha256": datasets.file_sha256(Path(models_dir) / name / "model.keras"),
         "colour": {"chroma": ood.COLOUR_CHROMA, "fraction": ood.COLOUR_FRACTION,
@@ -207,7 +215,7 @@ def _fit_model(name, model, models_dir, meta, outs, checks, images, fit_args,
     return info, scaled, ct
 
 
-def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[dict, dict]:
+def _fit_ensemble(names, members: dict, models_dir, colours, fit_args, images) -> tuple[dict, dict]:
     """The ensemble: mean of its members' scaled scores, thresholds of its own (validation)."""
     path = Path(models_dir) / "ensemble.json"
     fitted = (
@@ -228,66 +236,11 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args) -> tuple[
     sources = {s: ood.combine(member["scaled"][s], colours[s]) for s in brain}
     info = {"model": "ensemble", "members": names, "weights": weights,
             "method": "mean of the members' scaled scores",
-            **_thresholds(sources, member["calibrated"]["val"], member["labels"]["val"], *fit_args),
+            **_thresholds(sources, member["calibrated"]["val"], member["labels"]["val"], *fit_args,
+                          ood.combine(member["scaled"]["images"], colours["images"])[_known_brains(images, colours)]),
             "fitted_on": {"thresholds": " + ".join(brain)}}  # fmt: skip
     config.write_json_atomic(Path(models_dir) / ood.ENSEMBLE_FILE, info)
     return info, member
-
-
-# --- the report ----------------------------------------------------------------------------------
-
-
-def _report(info: dict, member: dict, colours: dict, images: list[dict], n_bootstrap, seed) -> dict:
-    """Test split, external test groups and OOD images of one model (or the ensemble)."""
-    score = {s: ood.combine(v, colours[s]) for s, v in member["scaled"].items()}
-    t, cal, y = info["ood_threshold"], member["calibrated"]["test"], member["labels"]["test"]
-    out_of = {
-        s: ood.rejected(v, colours[s], t, member["ct"].get(s, False)) for s, v in score.items()
-    }
-    rejected = out_of["test"]
-    limit = info["confidence_threshold"] if info["target_met"] else np.inf
-    answered = ~rejected & (cal.max(1) >= limit)
-    correct = cal.argmax(1) == y
-    ranking = np.where(rejected, -1.0, cal.max(1))  # rejected scans are abstained from first
-    selective = oodmetrics.bootstrap(oodmetrics.selective_metrics, [[ranking, correct, answered]], n_bootstrap, seed)  # fmt: skip
-    out = {
-        "method": info["method"], "ood_threshold": t,
-        "confidence_threshold": info["confidence_threshold"], "target_met": info["target_met"],
-        "val_selective": info["val_selective"], "test_rejected": oodmetrics.rate(rejected),
-        "status_counts": {"predicted": int(answered.sum()), "out_of_distribution": int(rejected.sum()),
-                          "uncertain": int((~rejected & ~answered).sum())},
-        "selective": oodmetrics.with_ci(oodmetrics.selective_metrics(ranking, correct, answered), selective),
-        "external_accepted": oodmetrics.rate(~out_of["ext_test"]) if "ext_test" in score else None,
-        "external_rejected": oodmetrics.external_rejected(out_of),
-        "rejected_by_kind": {}, "curve": oodmetrics.risk_coverage(ranking, correct),
-    }  # fmt: skip
-    for kind in sorted({i["kind"] for i in images}):
-        for part in ("report", "select"):
-            mask = np.array([i["kind"] == kind and i["part"] == part for i in images])
-            if mask.any():
-                out["rejected_by_kind"].setdefault(kind, {})[part] = oodmetrics.rate(out_of["images"][mask])  # fmt: skip
-        mask = np.array([i["kind"] == kind for i in images])
-        out["rejected_by_kind"][kind]["all"] = oodmetrics.rate(out_of["images"][mask])
-    reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
-    if reported.any():
-        out["report"] = oodmetrics.with_ci(
-            *oodmetrics.separation(score["test"], score["images"][reported], n_bootstrap, seed)
-        )
-    ct = np.broadcast_to(member["ct"].get("images", False), len(images))
-    for image, s, r, c in zip(images, score["images"], out_of["images"], ct):
-        image.setdefault("scores", {})[info["model"]] = round(float(s), 4)
-        image.setdefault("rejected", {})[info["model"]] = bool(r)
-        image.setdefault("ct_like", {})[info["model"]] = bool(c)
-    return out
-
-
-def _method_aurocs(scaled: dict, colours: dict, reported: np.ndarray) -> dict | None:
-    """Every method's AUROC on the report part (test split vs reported OOD images)."""
-    if not reported.any():
-        return None
-    return {m: round(oodmetrics.auroc(ood.combine(scaled[m]["test"], colours["test"]),
-                               ood.combine(scaled[m]["images"], colours["images"])[reported]), 6)
-            for m in scaled}  # fmt: skip
 
 
 def fit_and_report(
@@ -372,15 +325,17 @@ def fit_and_report(
         outs = _outputs(model, meta, frames, arrays, batch_size, generics[size])
         fitted[name], scaled, ct = _fit_model(name, model, models_dir, meta, outs, (colours, skulls),
                                               images, fit_args, generics[size])  # fmt: skip
-        fitted[name]["report_auroc"] = _method_aurocs(scaled, colours, reported)
+        fitted[name]["report_auroc"] = oodreport.method_aurocs(scaled, colours, reported)
         members[name] = {"scaled": scaled[fitted[name]["method"]], "ct": ct,
                          "calibrated": {s: o["calibrated"] for s, o in outs.items() if s not in (*FIT_SETS, CT_SET)},
                          "labels": {s: o["labels"] for s, o in outs.items() if "labels" in o}}  # fmt: skip
     if len(names) >= 2:
-        fitted["ensemble"], members["ensemble"] = _fit_ensemble(names, members, models_dir, colours, fit_args)  # fmt: skip
+        fitted["ensemble"], members["ensemble"] = _fit_ensemble(names, members, models_dir, colours, fit_args, images)  # fmt: skip
     entries = {}
     for name, member in members.items():
-        entries[name] = _report(fitted[name], member, colours, images, n_bootstrap, seed)
+        entries[name] = oodreport.model_report(
+            fitted[name], member, colours, images, n_bootstrap, seed
+        )
         entries[name] |= {k: fitted[name].get(k) for k in
                           ("selection_auroc", "selection_kind_auroc", "report_auroc", "ct_check", "skull_check")}  # fmt: skip
     out = Path(results_dir or config.RESULTS_DIR) / "03_evaluate"

@@ -5,7 +5,8 @@ Images go through exactly the tf.data preprocessing of training (decode by conte
 temperature stored in each model's metadata; the ensemble is soft voting over the calibrated
 members with the weights `03_evaluate` fitted (`models/ensemble.json`), else equal weights.
 Every record carries a `status` (`btc.ood`): `"predicted"`, `"uncertain"` (refer to a
-radiologist) or `"out_of_distribution"` (not a brain MRI slice: the class is not meaningful).
+radiologist) or `"out_of_distribution"` (not analysed: the class is not meaningful; `ood_kind`
+says whether it is not a brain MRI slice or only unlike the training scans).
 """
 
 from __future__ import annotations
@@ -194,7 +195,9 @@ def predict(
         and for LiteRT `quantize` and `saliency_note` (maps need the `.keras` model). Every
         record (and member record) has `status` (`"predicted"`, `"uncertain"` or
         `"out_of_distribution"`: the class is then reported but not meaningful), `ood_score`,
-        `thresholds` (OOD and confidence, fitted on validation), `ood_reason` and `status_note`
+        `ood_kind` (when rejected: `"not_brain_mri"`, or `"unfamiliar"` for an image that may
+        be a brain MRI from elsewhere), `thresholds` (OOD, `ood_far` and confidence, fitted on
+        validation), `ood_reason` and `status_note`
         (e.g. OOD checking unavailable for models without fitted statistics: status
         `"predicted"`; LiteRT: status from the confidence threshold only).
 
@@ -333,8 +336,15 @@ def _series_record(slices: list[dict], label: str) -> dict:
         (r for r in slices if summary.get("key_slice") == r.get("input") and r.get("ok")), {}
     )
     status = "out_of_distribution" if not accepted and rejected else key.get("status")
+    kinds = {r.get("ood_kind") for r in rejected}  # "not a brain" only if every slice is
+    kind = (
+        ("unfamiliar" if "unfamiliar" in kinds else "not_brain_mri")
+        if not accepted and rejected
+        else None
+    )
     return {"ok": summary["ok"], "error": summary["error"], **summary,
             "rejected_slices": len(rejected), **({"status": status} if status else {}),
+            **({"ood_kind": kind} if kind else {}),
             "thresholds": key.get("thresholds")}  # fmt: skip
 
 

@@ -242,6 +242,14 @@ def ood_markdown(report: dict) -> str:
                      for k in every)] for name, e in models.items()]  # fmt: skip
     lines += ["", "Rejected / images per kind, select and report parts together (the select part "
               "chose the method; brain* kinds must be accepted):", "", *_table(["model", *every], rows)]  # fmt: skip
+    if all("not_brain" in e for e in models.values()):  # `ood_kind`: what a rejection says
+        rows = [[name, f"{e['ood_far']:.2f}", *(f"{e['not_brain'][s]['count']}/{e['not_brain'][s]['n']}" if s in e["not_brain"] else "–" for s in ("test", "ext_test")),
+                 *(f"{p['not_brain']['count']}/{p['all']['count']}" if (p := e["rejected_by_kind"].get(k)) else "–" for k in every)]
+                for name, e in models.items()]  # fmt: skip
+        lines += ["", "What a rejection says: \"not a brain MRI\" (colour, CT-like, or above `ood_far`, the "
+                  "highest score of any brain MRI the fit knows) or only \"unlike the training scans\". "
+                  "Brain scans called not a brain (should be none), and per kind: said not a brain / rejected:",
+                  "", *_table(["model", "ood_far", "test", "Br35H test", *every], rows)]  # fmt: skip
     files = [i for i in report["images"] if "dicom_refused" in i and "rejected" in i]
     if files:  # the bundled DICOM files: what `btc predict` does with the file itself
         refused = {k: f"{sum(bool(i['dicom_refused']) for i in files if i['kind'] == k)}/{sum(i['kind'] == k for i in files)}"
@@ -270,7 +278,7 @@ def ood_markdown(report: dict) -> str:
     held = [i for i in report["images"] if i.get("held_out") and "rejected" in i and "@" not in i["name"]]  # fmt: skip
     if held:
         rows = [[i["name"], i["kind"], i["expect"],
-                 *(f"{'accepted' if not i['rejected'][n] else 'rejected, CT-like' if i.get('ct_like', {}).get(n) else 'rejected'} ({i['scores'][n]:.2f})" for n in models)]
+                 *(f"{'accepted' if not i['rejected'][n] else 'rejected, CT-like' if i.get('ct_like', {}).get(n) else 'rejected, ' + (i.get('ood_kind') or {}).get(n, 'out of distribution').replace('_', ' ')} ({i['scores'][n]:.2f})" for n in models)]
                 for i in held]  # fmt: skip
         lines += ["", "Held-out images from Debian packages (sources nothing was chosen on), per image: "
                   "the answer (OOD score):", "",

@@ -21,6 +21,7 @@ BOLD = " style='font-weight:bold'"
 UPLOAD_ACCEPT = ".jpg,.jpeg,.png,.dcm,image/jpeg,image/png,application/dicom"
 DISCLAIMER = "Research decision support — not a diagnosis. Discuss every scan with the care team."
 OOD_BANNER = "This does not look like a brain MRI slice"
+UNFAMILIAR_BANNER = "Not analysed: this image is unlike the brain MRI slices btc was trained on"
 UNCERTAIN_BANNER = "Uncertain: refer to a radiologist"
 _BANNER_STYLE = "padding:8px 10px;margin:4px 0;font-weight:bold;border-radius:4px;border:2px solid "
 
@@ -30,7 +31,15 @@ def status_banner(record: dict) -> str:
     status, note = record.get("status", "predicted"), record.get("status_note")
     conf = f"{record['confidence']:.1%}"
     threshold = (record.get("thresholds") or {}).get("confidence")
-    if status == "out_of_distribution":
+    if status == "out_of_distribution" and record.get("ood_kind") == "unfamiliar":
+        html_ = (
+            f"<div class='btc-banner btc-ood btc-unfamiliar' style='{_BANNER_STYLE}#c00;"
+            f"background:#f8d7da'>{UNFAMILIAR_BANNER}.</div><div class='btc-result'>It may still "
+            "be a brain MRI from another scanner, sequence, orientation or crop: ask a radiologist "
+            f"to read it. <i>The classifier's output is not reliable for it and is shown only for "
+            f"reference: {llm.CLASS_WORDS[record['class']]} {conf} (flagged).</i></div>"
+        )
+    elif status == "out_of_distribution":
         reason = f" ({record['ood_reason']})" if record.get("ood_reason") else ""
         html_ = (
             f"<div class='btc-banner btc-ood' style='{_BANNER_STYLE}#c00;background:#f8d7da'>"
@@ -250,7 +259,12 @@ class PredictApp:
                                            self.colormap)  # fmt: skip
         self.result.value = status_banner(record)
         self.bars.value = probability_bars(record["probabilities"], record["class"])
-        fig = (_scan_only(record["image"], f"not analysed: {OOD_BANNER.lower()}") if rejected else
+        title = (
+            "unlike the training scans"
+            if record.get("ood_kind") == "unfamiliar"
+            else OOD_BANNER.lower()
+        )
+        fig = (_scan_only(record["image"], f"not analysed: {title}") if rejected else
                plots.saliency_overlay(record["image"], {self.method.value: saliency},
                                       f"{self.model.value}: {record['class']}", cmap=self.colormap))  # fmt: skip
         self.overlay.value = plots.to_png(fig)
@@ -335,7 +349,7 @@ def run_batch(
     write_text_atomic(
         out / "explanations.md", f"# Explanations\n\n_{DISCLAIMER}_\n\n" + "\n".join(texts)
     )
-    cols = ["file", "ok", "error", "status", "class", "confidence", "runner_up",
+    cols = ["file", "ok", "error", "status", "ood_kind", "class", "confidence", "runner_up",
             "explanation_source"]  # fmt: skip
     return pd.DataFrame(records).reindex(columns=cols)
 

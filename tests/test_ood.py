@@ -84,6 +84,27 @@ def test_status_of_follows_the_thresholds():
     assert ood.status_of(0.5, 1.0, 0.99, None, target_met=False) == "uncertain"
 
 
+def test_a_rejection_says_not_a_brain_only_beyond_every_known_brain():
+    info = {"ood_threshold": 1.0, "ood_far": 3.0, "confidence_threshold": 0.9, "target_met": True,
+            "method": "mahalanobis_joint", "target_error": 0.02, "accept_rate": 0.975}  # fmt: skip
+    said = {f: ood.assess(info, 0.99, f, 0.0) for f in (0.5, 2.0, 3.5)}
+    assert [(r["status"], r["ood_kind"]) for r in said.values()] == [
+        ("predicted", None), ("out_of_distribution", "unfamiliar"),
+        ("out_of_distribution", "not_brain_mri")]  # fmt: skip
+    assert (
+        said[2.0]["ood_reason"] == ood.UNFAMILIAR_REASON
+        and "may be a brain MRI" in ood.UNFAMILIAR_REASON
+    )
+    assert said[3.5]["ood_reason"] == ood.FAR_REASON and said[3.5]["thresholds"]["ood_far"] == 3.0
+    colour = ood.assess(info, 0.99, 0.5, 0.5)  # colour is "not a brain MRI" whatever the score
+    assert (colour["ood_kind"], colour["ood_reason"]) == ("not_brain_mri", "colour image")
+    # statistics fitted before `ood_far` never call an image "not a brain" by its score
+    old = {k: v for k, v in info.items() if k != "ood_far"}
+    assert ood.assess(old, 0.99, 9.0, 0.0)["ood_kind"] == "unfamiliar"
+    kinds = ood.ood_kinds(np.array([0.5, 2.0, 3.5, 0.5]), np.array([0, 0, 0, 0.5]), 1.0, far=3.0)
+    assert kinds.tolist() == ["", "unfamiliar", "not_brain_mri", "not_brain_mri"]
+
+
 def test_a_union_method_scores_the_larger_of_its_scaled_members():
     rng = np.random.default_rng(0)
     train = rng.normal(size=(300, 5)).astype(np.float32)
@@ -215,11 +236,18 @@ def test_cli_json_and_csv_carry_the_status(ood_fitted, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     good, failed = json.loads(done.stdout)
     assert good["status"] == "out_of_distribution" and good["ood_reason"] == "colour image"
+    assert (
+        good["ood_kind"] == "not_brain_mri"
+        and good["thresholds"]["ood_far"] >= good["thresholds"]["ood"]
+    )
     assert good["saliency_png"] is None and not list((tmp_path / "maps").glob("*.png"))
     assert failed["ok"] is False and "notes.jpg" in failed["error"]
     done = _cli("predict", str(photo), "--model", "cnn", "--format", "csv", env_dirs=models_dir)
     (row,) = csv.DictReader(io.StringIO(done.stdout))
     assert row["status"] == "out_of_distribution" and row["ood_reason"] == "colour image"
+    assert row["ood_kind"] == "not_brain_mri" and float(row["ood_far"]) >= float(
+        row["ood_threshold"]
+    )
 
 
 @pytest.mark.skipif(not OOD_DEV.is_dir(), reason=f"ood-dev not found at {OOD_DEV}")
@@ -274,6 +302,30 @@ def test_rejected_image_is_never_explained_as_a_finding(ood_fitted, ood_loaded, 
     table = widgets.run_batch([str(photo)], models=ood_loaded, results_dir=tmp_path, client=client)
     assert table["status"].tolist() == ["out_of_distribution"] and len(handler.requests) == 1
     assert not list((tmp_path / "04_predict").glob("*_gradcam.png"))
+
+
+def test_an_unfamiliar_image_is_never_called_not_a_brain_nor_explained_as_a_finding(stub):
+    handler, url = stub
+    probs = {"glioma": 0.1, "meningioma": 0.7, "notumor": 0.1, "pituitary": 0.1}
+    record = {"class": "meningioma", "probabilities": probs, "status": "out_of_distribution",
+              "ood_kind": "unfamiliar", "ood_reason": ood.UNFAMILIAR_REASON, "confidence": 0.7}  # fmt: skip
+    facts = llm.Facts.from_record(record, "ensemble")
+    client = test_llm._client(url)
+    result = llm.explain(facts, share_images=True, images=[np.zeros((8, 8))], client=client)
+    assert handler.requests == [] and result.source == "template"
+    assert "does not look like a brain MRI" not in result.text and "radiologist" in result.text
+    llm.chat([], "Is it a tumour?", facts, client=client)
+    sent = json.dumps(json.loads(handler.requests[0]["body"])["contents"])
+    assert "REJECTED" in sent and "may still be a brain MRI" in sent
+    assert "does not look like a brain MRI" not in sent
+    assert not any(word in sent for word in TUMOUR_WORDS), sent
+    banner = widgets.status_banner(record)
+    assert widgets.UNFAMILIAR_BANNER in banner and widgets.OOD_BANNER not in banner
+    assert "ask a radiologist" in banner and "(flagged)" in banner
+    sure = widgets.status_banner(
+        record | {"ood_kind": "not_brain_mri", "ood_reason": ood.FAR_REASON}
+    )
+    assert widgets.OOD_BANNER in sure and widgets.UNFAMILIAR_BANNER not in sure
 
 
 def test_uncertain_facts_are_explained_as_an_abstention(stub):

@@ -85,7 +85,9 @@ def test_status_of_and_assess_refuse_a_ct_like_image():
             "method": "mahalanobis_joint", "target_error": 0.02, "accept_rate": 0.975}  # fmt: skip
     rec = ood.assess(info, 0.99, 0.5, 0.0, ct=True)
     assert rec["status"] == "out_of_distribution" and rec["ood_reason"] == ood.CT_REASON
-    assert ood.assess(info, 0.99, 2.0, 0.0, ct=True)["ood_reason"] == "unlike the training scans"
+    # CT-like says "not a brain MRI" (a CT) before the score's verdict
+    far = ood.assess(info | {"ood_far": 1.5}, 0.99, 2.0, 0.0, ct=True)
+    assert (far["ood_reason"], far["ood_kind"]) == (ood.CT_REASON, "not_brain_mri")
     assert ood.assess(info, 0.99, 0.5, 0.0)["status"] == "predicted"
 
 

@@ -55,6 +55,11 @@ def test_threshold_accepts_accept_rate_of_the_pooled_sources():
     # a few outliers of the small source no longer set the threshold for everyone
     assert fit["ood_threshold"] < fit["source_thresholds"]["ext_train_held_out"]
     assert fit["val_accepted"] == 1.0 and fit["accepted"]["ext_train_held_out"] < 0.95
+    # `ood_far`: no brain scan the fit knows is above it (the threshold's 2.5 % tail included)
+    assert fit["ood_far"] == 2.0
+    with_brains = oodeval._thresholds({"val": val, "ext_train_held_out": ext}, calibrated,
+                                      np.zeros(101, int), 0.95, 0.3, 3, "point", np.array([3.5]))  # fmt: skip
+    assert with_brains["ood_far"] == 3.5 and with_brains["ood_threshold"] == t
 
 
 def test_fit_stores_statistics_and_thresholds_with_each_model(ood_fitted):
@@ -196,11 +201,21 @@ def test_ensemble_ct_flags_are_the_union_even_when_a_member_has_no_ct_check(tmp_
     members = {"cnn": member({"images": np.array([1, 0, 0, 1, 0], bool)}),
                "mobilenet": member({})}  # e.g. an energy-score member: no CT check  # fmt: skip
     colours, fit_args = {"val": np.zeros(80), "images": np.zeros(5)}, (0.95, 0.02, None, "point")
-    info, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, fit_args)
+    images = [{"part": p, "expect": e} for p, e in [("select", "accept"), ("report", "accept")]
+              + [("select", "reject")] * 3]  # fmt: skip
+    info, ens = oodeval._fit_ensemble(
+        ["cnn", "mobilenet"], members, tmp_path, colours, fit_args, images
+    )
+    # `ood_far`: the highest ensemble score of any known brain (validation, select-part brains)
+    assert info["ood_far"] == pytest.approx(
+        max(ens["scaled"]["val"].max(), ens["scaled"]["images"][0]), abs=1e-6
+    )
     assert ens["ct"]["images"].tolist() == [True, False, False, True, False]
     members["mobilenet"]["ct"] = {"images": np.array([0, 1, 0, 0, 0], bool)}
     members["cnn"]["ct"] = {}  # the first member without it no longer hides the other's flags
-    _, ens = oodeval._fit_ensemble(["cnn", "mobilenet"], members, tmp_path, colours, fit_args)
+    _, ens = oodeval._fit_ensemble(
+        ["cnn", "mobilenet"], members, tmp_path, colours, fit_args, images
+    )
     assert ens["ct"]["images"].tolist() == [False, True, False, False, False]
     assert info["members"] == ["cnn", "mobilenet"]
     assert json.loads((tmp_path / ood.ENSEMBLE_FILE).read_text())["model"] == "ensemble"
