@@ -247,8 +247,8 @@ def ood_markdown(report: dict) -> str:
                  *(f"{p['not_brain']['count']}/{p['all']['count']}" if (p := e["rejected_by_kind"].get(k)) else "–" for k in every)]
                 for name, e in models.items()]  # fmt: skip
         lines += ["", "What a rejection says: \"not a brain MRI\" (colour, CT-like, or above `ood_far`, the "
-                  "highest score of any brain MRI the fit knows) or only \"unlike the training scans\". "
-                  "Brain scans called not a brain (should be none), and per kind: said not a brain / rejected:",
+                  "highest score of any brain MRI the fit knows) or only \"unlike the training scans\". Test and "
+                  "Br35H scans called not a brain (by the CT checks — the Kaggle set files some CT slices as MRI — or above `ood_far`), and per kind: said not a brain / rejected:",
                   "", *_table(["model", "ood_far", "test", "Br35H test", *every], rows)]  # fmt: skip
     files = [i for i in report["images"] if "dicom_refused" in i and "rejected" in i]
     if files:  # the bundled DICOM files: what `btc predict` does with the file itself

@@ -99,6 +99,15 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(ood_fitted):
         for name, e in saved["models"].items():
             above = image["scores"][name] > e["ood_threshold"]
             assert image["rejected"][name] is True or not above  # below: accepted unless coloured
+            kind = image["ood_kind"][name]  # "not a brain" only if coloured, CT-like or beyond far
+            assert (kind is None) == (not image["rejected"][name])
+            if kind == "unfamiliar":
+                assert image["scores"][name] <= e["ood_far"] + 1e-4 and not image["ct_like"][name]
+            if image["part"] == "select" and image["expect"] == "accept":  # known (gray) brains
+                assert image["scores"][name] <= e["ood_far"] + 1e-4, (name, image["name"])
+    for e in saved["models"].values():
+        assert {"test", "ext_test"} & set(e["not_brain"]) and e["ood_far"] >= e["ood_threshold"]
+    assert "What a rejection says" in markdown
     files = [i for i in saved["images"] if i.get("dicom_refused")]  # header refusals are listed
     assert files and "bundled DICOM files above are scored as PNG pixels" in markdown
     accepted = [i["name"] for i in files if not i["rejected"]["cnn"]]
