@@ -180,15 +180,16 @@ def rejected(score, colour, threshold: float, ct=False):
     return (np.asarray(score) > threshold) | (np.asarray(colour) > COLOUR_FRACTION) | np.asarray(ct)
 
 
-def ood_kinds(score, colour, threshold: float, ct=False, far: float | None = None) -> np.ndarray:
+def ood_kinds(feature, colour, threshold: float, ct=False, far: float | None = None) -> np.ndarray:
     """Each input's `ood_kind`: `""` when accepted, else one of `OOD_KINDS`.
 
-    `"not_brain_mri"` for a colour image, a CT-like one or a score above `far`; `"unfamiliar"`
-    for the rest of the rejected (all of them when `far` is `None`: statistics fitted before it).
-    """
-    sure = (np.asarray(colour) > COLOUR_FRACTION) | np.asarray(ct)
-    sure = sure | (np.asarray(score) > (np.inf if far is None else far))
-    return np.where(rejected(score, colour, threshold, ct), np.where(sure, *OOD_KINDS), "")
+    `"not_brain_mri"` for a CT-like image or a feature score above `far`; `"unfamiliar"` for the
+    rest of the rejected, colour images included (a brain MRI with a coloured overlay is still a
+    brain MRI), and all score-only rejections when `far` is `None` (fitted before it existed).
+    Rejection itself uses `combine(feature, colour)`, as `rejected`."""
+    sure = np.asarray(ct) | (np.asarray(feature) > (np.inf if far is None else far))
+    out = rejected(combine(feature, colour), colour, threshold, ct)
+    return np.where(out, np.where(sure, *OOD_KINDS), "")
 
 
 def ct_flags(out: dict, stats_: dict, skull=None) -> np.ndarray:
@@ -371,9 +372,9 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
     Returns:
         `status`, `ood_score` (`None` without features), `thresholds` (`ood`, `ood_far`,
         `confidence`, `method`, `target_error`, `accept_rate`, `fitted_on`), `ood_kind` (`None`
-        unless rejected; else one of `OOD_KINDS`: `"not_brain_mri"` for a colour image, a CT-like
-        one or a score above `ood_far`; `"unfamiliar"` between the thresholds, or always for
-        statistics fitted before `ood_far` existed), `ood_reason` and `status_note`. Without
+        unless rejected; else one of `OOD_KINDS` (`ood_kinds`): `"not_brain_mri"` for a CT-like
+        image or a feature score above `ood_far`, else `"unfamiliar"`), `ood_reason` and
+        `status_note`. Without
         `info`: status `"predicted"` and a note that OOD checking is unavailable.
     """
     if info is None:
@@ -392,7 +393,7 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
                   "fitted_on": info.get("fitted_on", {}).get("thresholds", "val")}  # fmt: skip
     kind, reason = None, None
     if status == "out_of_distribution":
-        kind = str(ood_kinds(score, colour, info["ood_threshold"], ct, far))
+        kind = str(ood_kinds(feature, colour, info["ood_threshold"], ct, far))
         reason = ("colour image" if colour > COLOUR_FRACTION else CT_REASON if ct else
                   FAR_REASON if kind == OOD_KINDS[0] else UNFAMILIAR_REASON)  # fmt: skip
     return {"status": status, "ood_score": None if score is None else round(score, 4),

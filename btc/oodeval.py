@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from btc import artifacts, config, datasets, ood, oodct, oodfeatures, oodmetrics, oodreport, oodsets
+from btc import artifacts, config, datasets, ood, oodct, oodfeatures, oodmetrics, oodsets
 from btc.artifacts import run_model_names
 from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
@@ -243,6 +243,50 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args, images) -
     return info, member
 
 
+# --- the report ----------------------------------------------------------------------------------
+
+
+def _report(info: dict, member: dict, colours: dict, images: list[dict], n_bootstrap, seed) -> dict:
+    """Test split, external test groups and OOD images of one model (or the ensemble)."""
+    score = {s: ood.combine(v, colours[s]) for s, v in member["scaled"].items()}
+    t, cal, y = info["ood_threshold"], member["calibrated"]["test"], member["labels"]["test"]
+    said = {s: ood.ood_kinds(v, colours[s], t, member["ct"].get(s, False), info["ood_far"])
+            for s, v in member["scaled"].items()}  # fmt: skip
+    out_of = {s: k != "" for s, k in said.items()}
+    rejected = out_of["test"]
+    limit = info["confidence_threshold"] if info["target_met"] else np.inf
+    answered = ~rejected & (cal.max(1) >= limit)
+    correct = cal.argmax(1) == y
+    ranking = np.where(rejected, -1.0, cal.max(1))  # rejected scans are abstained from first
+    selective = oodmetrics.bootstrap(oodmetrics.selective_metrics, [[ranking, correct, answered]], n_bootstrap, seed)  # fmt: skip
+    out = {
+        "method": info["method"], "ood_threshold": t,
+        "confidence_threshold": info["confidence_threshold"], "target_met": info["target_met"],
+        "val_selective": info["val_selective"], "test_rejected": oodmetrics.rate(rejected),
+        "status_counts": {"predicted": int(answered.sum()), "out_of_distribution": int(rejected.sum()),
+                          "uncertain": int((~rejected & ~answered).sum())},
+        "selective": oodmetrics.with_ci(oodmetrics.selective_metrics(ranking, correct, answered), selective),
+        "external_accepted": oodmetrics.rate(~out_of["ext_test"]) if "ext_test" in score else None,
+        "external_rejected": oodmetrics.external_rejected(out_of),
+        "curve": oodmetrics.risk_coverage(ranking, correct),
+        "ood_far": info["ood_far"],  # brain scans btc calls "not a brain MRI" (should be none):
+        "not_brain": {s: oodmetrics.rate(said[s] == ood.OOD_KINDS[0]) for s in ("test", "ext_test") if s in said},
+    }  # fmt: skip
+    out["rejected_by_kind"] = oodmetrics.rates_by_kind(images, out_of["images"], said["images"] == ood.OOD_KINDS[0])  # fmt: skip
+    reported = np.array([i["part"] == "report" and i["expect"] == "reject" for i in images])
+    if reported.any():
+        out["report"] = oodmetrics.with_ci(
+            *oodmetrics.separation(score["test"], score["images"][reported], n_bootstrap, seed)
+        )
+    ct = np.broadcast_to(member["ct"].get("images", False), len(images))
+    for image, s, r, c, k in zip(images, score["images"], out_of["images"], ct, said["images"]):
+        image.setdefault("scores", {})[info["model"]] = round(float(s), 4)
+        image.setdefault("rejected", {})[info["model"]] = bool(r)
+        image.setdefault("ood_kind", {})[info["model"]] = str(k) or None
+        image.setdefault("ct_like", {})[info["model"]] = bool(c)
+    return out
+
+
 def fit_and_report(
     model_names: Sequence[str] | None = None, manifest_path: str | Path | None = None,
     models_dir: str | Path = MODELS_DIR, results_dir: str | Path | None = None,
@@ -325,7 +369,8 @@ def fit_and_report(
         outs = _outputs(model, meta, frames, arrays, batch_size, generics[size])
         fitted[name], scaled, ct = _fit_model(name, model, models_dir, meta, outs, (colours, skulls),
                                               images, fit_args, generics[size])  # fmt: skip
-        fitted[name]["report_auroc"] = oodreport.method_aurocs(scaled, colours, reported)
+        pairs = ({m: ood.combine(v[s], colours[s]) for m, v in scaled.items()} for s in ("test", "images"))  # fmt: skip
+        fitted[name]["report_auroc"] = oodmetrics.method_aurocs(*pairs, reported)
         members[name] = {"scaled": scaled[fitted[name]["method"]], "ct": ct,
                          "calibrated": {s: o["calibrated"] for s, o in outs.items() if s not in (*FIT_SETS, CT_SET)},
                          "labels": {s: o["labels"] for s, o in outs.items() if "labels" in o}}  # fmt: skip
@@ -333,9 +378,7 @@ def fit_and_report(
         fitted["ensemble"], members["ensemble"] = _fit_ensemble(names, members, models_dir, colours, fit_args, images)  # fmt: skip
     entries = {}
     for name, member in members.items():
-        entries[name] = oodreport.model_report(
-            fitted[name], member, colours, images, n_bootstrap, seed
-        )
+        entries[name] = _report(fitted[name], member, colours, images, n_bootstrap, seed)
         entries[name] |= {k: fitted[name].get(k) for k in
                           ("selection_auroc", "selection_kind_auroc", "report_auroc", "ct_check", "skull_check")}  # fmt: skip
     out = Path(results_dir or config.RESULTS_DIR) / "03_evaluate"

@@ -235,3 +235,26 @@ def external_rejected(out_of: dict) -> dict | None:
         out["all"] = rate(np.r_[out_of["ext_test"], out_of["ext_train"]])
         out["train_held_out"] = rate(out_of["ext_train_held_out"])
     return out
+
+
+def rates_by_kind(images: list[dict], rejected: np.ndarray, not_brain: np.ndarray) -> dict:
+    """`rate` of the rejected images per kind: its `report` and `select` parts, `all`, and of
+    those called "not a brain MRI" (`not_brain`, out of all the kind's images)."""
+    out, kinds = {}, np.array([i["kind"] for i in images])
+    for kind in sorted(set(kinds)):
+        for part in ("report", "select"):
+            mask = (kinds == kind) & np.array([i["part"] == part for i in images], bool)
+            if mask.any():
+                out.setdefault(kind, {})[part] = rate(rejected[mask])
+        out[kind] |= {
+            "all": rate(rejected[kinds == kind]),
+            "not_brain": rate(not_brain[kinds == kind]),
+        }
+    return out
+
+
+def method_aurocs(test: dict, images: dict, reported: np.ndarray) -> dict | None:
+    """Every method's AUROC on the report part: `test[m]` scans vs `images[m][reported]`."""
+    if not reported.any():
+        return None
+    return {m: round(auroc(test[m], images[m][reported]), 6) for m in test}

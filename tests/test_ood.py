@@ -96,13 +96,21 @@ def test_a_rejection_says_not_a_brain_only_beyond_every_known_brain():
         and "may be a brain MRI" in ood.UNFAMILIAR_REASON
     )
     assert said[3.5]["ood_reason"] == ood.FAR_REASON and said[3.5]["thresholds"]["ood_far"] == 3.0
-    colour = ood.assess(info, 0.99, 0.5, 0.5)  # colour is "not a brain MRI" whatever the score
-    assert (colour["ood_kind"], colour["ood_reason"]) == ("not_brain_mri", "colour image")
+    # colour is refused whatever the score, but "not a brain MRI" only by its features (a brain
+    # MRI with a coloured overlay stays "unfamiliar")
+    colour = [ood.assess(info, 0.99, f, 0.5) for f in (0.5, 3.5)]
+    assert [(r["status"], r["ood_kind"], r["ood_reason"]) for r in colour] == [
+        ("out_of_distribution", "unfamiliar", "colour image"),
+        ("out_of_distribution", "not_brain_mri", "colour image")]  # fmt: skip
+    assert "(colour image)" in widgets.status_banner(
+        {**said[2.0], **colour[0], "class": "glioma", "confidence": 0.9}
+    )
     # statistics fitted before `ood_far` never call an image "not a brain" by its score
     old = {k: v for k, v in info.items() if k != "ood_far"}
     assert ood.assess(old, 0.99, 9.0, 0.0)["ood_kind"] == "unfamiliar"
-    kinds = ood.ood_kinds(np.array([0.5, 2.0, 3.5, 0.5]), np.array([0, 0, 0, 0.5]), 1.0, far=3.0)
-    assert kinds.tolist() == ["", "unfamiliar", "not_brain_mri", "not_brain_mri"]
+    kinds = ood.ood_kinds(np.array([0.5, 2.0, 3.5, 0.5, 0.5]), np.array([0, 0, 0, 0.5, 0]), 1.0,
+                          ct=np.array([0, 0, 0, 0, 1], bool), far=3.0)  # fmt: skip
+    assert kinds.tolist() == ["", "unfamiliar", "not_brain_mri", "unfamiliar", "not_brain_mri"]
 
 
 def test_a_union_method_scores_the_larger_of_its_scaled_members():

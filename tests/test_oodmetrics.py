@@ -28,3 +28,19 @@ def test_evaluation_helpers_on_known_values():
     )
     assert 0 <= ci["auroc"][0] <= 11 / 12 <= ci["auroc"][1] <= 1
     assert oodmetrics.clopper_pearson(0, 5)[0] == 0 and oodmetrics.clopper_pearson(5, 5) == (pytest.approx(0.478, abs=1e-3), 1.0)  # fmt: skip
+
+
+def test_rates_by_kind_counts_each_part_and_what_the_rejections_said():
+    images = [{"kind": k, "part": p} for k, p in
+              [("photo", "select"), ("photo", "report"), ("photo", "report"), ("brain", "report")]]  # fmt: skip
+    rejected, not_brain = np.array([1, 1, 0, 1], bool), np.array([1, 0, 0, 0], bool)
+    rates = oodmetrics.rates_by_kind(images, rejected, not_brain)
+    assert rates["photo"]["select"]["count"] == 1 and rates["photo"]["report"]["count"] == 1
+    assert (rates["photo"]["all"]["count"], rates["photo"]["all"]["n"]) == (2, 3)
+    assert rates["photo"]["not_brain"]["count"] == 1 and rates["brain"]["not_brain"]["count"] == 0
+    assert "select" not in rates["brain"] and rates["brain"]["all"]["rate"] == 1.0
+    test = {"a": np.array([0.1, 0.2]), "b": np.array([0.9, 0.8])}
+    images_ = {"a": np.array([0.5, 0.0, 0.6]), "b": np.array([0.5, 0.0, 0.6])}
+    aurocs = oodmetrics.method_aurocs(test, images_, np.array([1, 0, 1], bool))
+    assert aurocs == {"a": 1.0, "b": 0.0}
+    assert oodmetrics.method_aurocs(test, images_, np.zeros(3, bool)) is None
