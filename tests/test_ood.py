@@ -244,17 +244,18 @@ def test_cli_json_and_csv_carry_the_status(ood_fitted, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     good, failed = json.loads(done.stdout)
     assert good["status"] == "out_of_distribution" and good["ood_reason"] == "colour image"
-    assert (
-        good["ood_kind"] == "not_brain_mri"
-        and good["thresholds"]["ood_far"] >= good["thresholds"]["ood"]
-    )
+    # colour alone is "unfamiliar"; "not a brain MRI" needs features beyond every known brain
+    limits = good["thresholds"]
+    assert good["ood_kind"] in ood.OOD_KINDS and limits["ood_far"] >= limits["ood"]
     assert good["saliency_png"] is None and not list((tmp_path / "maps").glob("*.png"))
     assert failed["ok"] is False and "notes.jpg" in failed["error"]
     done = _cli("predict", str(photo), "--model", "cnn", "--format", "csv", env_dirs=models_dir)
     (row,) = csv.DictReader(io.StringIO(done.stdout))
     assert row["status"] == "out_of_distribution" and row["ood_reason"] == "colour image"
-    assert row["ood_kind"] == "not_brain_mri" and float(row["ood_far"]) >= float(
-        row["ood_threshold"]
+    cnn = good["per_model"]["cnn"]  # the CSV of `--model cnn` says what the JSON's member said
+    assert (row["ood_kind"], float(row["ood_far"])) == (
+        cnn["ood_kind"],
+        cnn["thresholds"]["ood_far"],
     )
 
 
@@ -284,6 +285,11 @@ def test_real_ood_images_score_above_validation_scans(ood_fitted, ood_loaded):
 # --- a rejected image never reaches Gemini as a tumour finding ---------------------------------------
 
 
+# what the explanation and the chat say of a rejected image, by its `ood_kind`
+SAID = {
+    "not_brain_mri": "does not look like a brain MRI slice",
+    "unfamiliar": "unlike the brain MRI slices",
+}
 TUMOUR_WORDS = ("glioma", "meningioma", "pituitary", "no tumour", "notumor", "%", "inlineData")
 
 
@@ -298,13 +304,13 @@ def test_rejected_image_is_never_explained_as_a_finding(ood_fitted, ood_loaded, 
     client = test_llm._client(url)
     result = llm.explain(facts, images=[rec["image"]], share_images=True, client=client)
     assert handler.requests == []  # Gemini is not asked to explain a rejected image
-    assert "does not look like a brain MRI slice" in result.text
+    assert SAID[rec["ood_kind"]] in result.text
     assert not any(w in result.text.lower() for w in ("glioma", "meningioma", "pituitary tumour"))
     answer, _ = llm.chat([], "Which tumour is it?", facts, client=client)
     (request,) = handler.requests
     body = json.loads(request["body"])
     sent = json.dumps(body["contents"])
-    assert "REJECTED" in sent and "does not look like a brain MRI slice" in sent
+    assert "REJECTED" in sent and SAID[rec["ood_kind"]] in sent
     assert not any(word in sent for word in TUMOUR_WORDS), sent
     assert "REJECTED" in json.dumps(body["systemInstruction"])
     table = widgets.run_batch([str(photo)], models=ood_loaded, results_dir=tmp_path, client=client)
@@ -360,11 +366,12 @@ def test_demo_shows_the_banners(ood_fitted, ood_loaded, monkeypatch):
     app._source = ("upload", [("photo.png", buf.getvalue())])
     record = app.run_prediction()
     assert record["status"] == "out_of_distribution"
-    assert widgets.OOD_BANNER in app.result.value and "btc-ood" in app.result.value
-    assert "does not look like a brain MRI slice" in app.explanation.value
+    banner = {"not_brain_mri": widgets.OOD_BANNER, "unfamiliar": widgets.UNFAMILIAR_BANNER}
+    assert banner[record["ood_kind"]] in app.result.value and "btc-ood" in app.result.value
+    assert SAID[record["ood_kind"]] in app.explanation.value
     assert app.overlay.value[:8] == b"\x89PNG\r\n\x1a\n"
     answer = app.ask("Is it a glioma?")
-    assert "meningioma" not in answer and "does not look like a brain MRI slice" in answer
+    assert "meningioma" not in answer and SAID[record["ood_kind"]] in answer
     uncertain = {
         **record,
         "status": "uncertain",
