@@ -47,8 +47,9 @@ from btc.oodfeatures import FEATURES, GENERIC_FILE, knn_distance
 STATUSES = ("predicted", "uncertain", "out_of_distribution")
 COLOUR_CHROMA = 0.1  # a pixel is coloured when max − min of its R, G, B exceeds 10 % of the range
 # an image is in colour when more than 10 % of its pixels are: Kaggle and Br35H scans stay below
-# 5 % (JPEG chroma noise), the colour photographs and figures of ood-dev exceed 19 %
-COLOUR_FRACTION = 0.10
+# 5 % (JPEG chroma noise), the colour photographs and figures of ood-dev exceed 19 %; an overlay
+# colours a small part of a scan, so from a quarter of the pixels on it is a colour picture
+COLOUR_FRACTION, COLOUR_PICTURE = 0.10, 0.25
 CT_REASON = "looks like a CT scan, not an MRI: the skull is bright"
 # `ood_kind` of a rejected image (`ood_kinds`): "unfamiliar" may be a brain MRI from elsewhere
 OOD_KINDS = ("not_brain_mri", "unfamiliar")
@@ -183,11 +184,11 @@ def rejected(score, colour, threshold: float, ct=False):
 def ood_kinds(feature, colour, threshold: float, ct=False, far: float | None = None) -> np.ndarray:
     """Each input's `ood_kind`: `""` when accepted, else one of `OOD_KINDS`.
 
-    `"not_brain_mri"` for a CT-like image or a feature score above `far`; `"unfamiliar"` for the
-    rest of the rejected, colour images included (a brain MRI with a coloured overlay is still a
-    brain MRI), and all score-only rejections when `far` is `None` (fitted before it existed).
-    Rejection itself uses `combine(feature, colour)`, as `rejected`."""
-    sure = np.asarray(ct) | (np.asarray(feature) > (np.inf if far is None else far))
+    `"not_brain_mri"` for a CT-like image, a colour picture (over `COLOUR_PICTURE`) or a feature
+    score above `far`; `"unfamiliar"` for the rest of the rejected (a brain MRI with a coloured
+    overlay stays one), all score-only rejections when `far` is `None` (fitted before it)."""
+    sure = np.asarray(ct) | (np.asarray(colour) > COLOUR_PICTURE)
+    sure = sure | (np.asarray(feature) > (np.inf if far is None else far))
     out = rejected(combine(feature, colour), colour, threshold, ct)
     return np.where(out, np.where(sure, *OOD_KINDS), "")
 
@@ -372,10 +373,9 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
     Returns:
         `status`, `ood_score` (`None` without features), `thresholds` (`ood`, `ood_far`,
         `confidence`, `method`, `target_error`, `accept_rate`, `fitted_on`), `ood_kind` (`None`
-        unless rejected; else one of `OOD_KINDS` (`ood_kinds`): `"not_brain_mri"` for a CT-like
-        image or a feature score above `ood_far`, else `"unfamiliar"`), `ood_reason` and
-        `status_note`. Without
-        `info`: status `"predicted"` and a note that OOD checking is unavailable.
+        unless rejected; else one of `OOD_KINDS`, see `ood_kinds`), `ood_reason` and
+        `status_note`. Without `info`: status `"predicted"` and a note that OOD checking is
+        unavailable.
     """
     if info is None:
         return {"status": "predicted", "ood_score": None, "thresholds": None, "ood_kind": None,

@@ -246,7 +246,7 @@ def ood_markdown(report: dict) -> str:
         rows = [[name, f"{e['ood_far']:.2f}", *(f"{e['not_brain'][s]['count']}/{e['not_brain'][s]['n']}" if s in e["not_brain"] else "–" for s in ("test", "ext_test")),
                  *(f"{p['not_brain']['count']}/{p['all']['count']}" if (p := e["rejected_by_kind"].get(k)) else "–" for k in every)]
                 for name, e in models.items()]  # fmt: skip
-        lines += ["", "What a rejection says: \"not a brain MRI\" (CT-like, or features above `ood_far`, the "
+        lines += ["", "What a rejection says: \"not a brain MRI\" (CT-like, a colour picture, or features above `ood_far`, the "
                   "highest score of any brain MRI the fit knows) or only \"unlike the training scans\". Test and "
                   "Br35H scans called not a brain (by the CT checks — the Kaggle set files some CT slices as MRI — or above `ood_far`), and per kind: said not a brain / rejected:",
                   "", *_table(["model", "ood_far", "test", "Br35H test", *every], rows)]  # fmt: skip

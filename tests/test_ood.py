@@ -96,11 +96,12 @@ def test_a_rejection_says_not_a_brain_only_beyond_every_known_brain():
         and "may be a brain MRI" in ood.UNFAMILIAR_REASON
     )
     assert said[3.5]["ood_reason"] == ood.FAR_REASON and said[3.5]["thresholds"]["ood_far"] == 3.0
-    # colour is refused whatever the score, but "not a brain MRI" only by its features (a brain
-    # MRI with a coloured overlay stays "unfamiliar")
-    colour = [ood.assess(info, 0.99, f, 0.5) for f in (0.5, 3.5)]
+    # colour is refused whatever the score; "not a brain MRI" when a colour picture (a brain MRI
+    # with a coloured overlay stays "unfamiliar") or by its features
+    colour = [ood.assess(info, 0.99, f, c) for f, c in ((0.5, 0.2), (3.5, 0.2), (0.5, 0.5))]
     assert [(r["status"], r["ood_kind"], r["ood_reason"]) for r in colour] == [
         ("out_of_distribution", "unfamiliar", "colour image"),
+        ("out_of_distribution", "not_brain_mri", "colour image"),
         ("out_of_distribution", "not_brain_mri", "colour image")]  # fmt: skip
     assert "(colour image)" in widgets.status_banner(
         {**said[2.0], **colour[0], "class": "glioma", "confidence": 0.9}
@@ -108,9 +109,16 @@ def test_a_rejection_says_not_a_brain_only_beyond_every_known_brain():
     # statistics fitted before `ood_far` never call an image "not a brain" by its score
     old = {k: v for k, v in info.items() if k != "ood_far"}
     assert ood.assess(old, 0.99, 9.0, 0.0)["ood_kind"] == "unfamiliar"
-    kinds = ood.ood_kinds(np.array([0.5, 2.0, 3.5, 0.5, 0.5]), np.array([0, 0, 0, 0.5, 0]), 1.0,
-                          ct=np.array([0, 0, 0, 0, 1], bool), far=3.0)  # fmt: skip
-    assert kinds.tolist() == ["", "unfamiliar", "not_brain_mri", "unfamiliar", "not_brain_mri"]
+    kinds = ood.ood_kinds(np.array([0.5, 2.0, 3.5, 0.5, 0.5, 0.5]), np.array([0, 0, 0, 0.2, 0.5, 0]),
+                          1.0, ct=np.array([0, 0, 0, 0, 0, 1], bool), far=3.0)  # fmt: skip
+    assert kinds.tolist() == [
+        "",
+        "unfamiliar",
+        "not_brain_mri",
+        "unfamiliar",
+        "not_brain_mri",
+        "not_brain_mri",
+    ]
 
 
 def test_a_union_method_scores_the_larger_of_its_scaled_members():
@@ -244,9 +252,8 @@ def test_cli_json_and_csv_carry_the_status(ood_fitted, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     good, failed = json.loads(done.stdout)
     assert good["status"] == "out_of_distribution" and good["ood_reason"] == "colour image"
-    # colour alone is "unfamiliar"; "not a brain MRI" needs features beyond every known brain
-    limits = good["thresholds"]
-    assert good["ood_kind"] in ood.OOD_KINDS and limits["ood_far"] >= limits["ood"]
+    limits = good["thresholds"]  # a colour picture is "not a brain MRI" whatever its features
+    assert good["ood_kind"] == "not_brain_mri" and limits["ood_far"] >= limits["ood"]
     assert good["saliency_png"] is None and not list((tmp_path / "maps").glob("*.png"))
     assert failed["ok"] is False and "notes.jpg" in failed["error"]
     done = _cli("predict", str(photo), "--model", "cnn", "--format", "csv", env_dirs=models_dir)
