@@ -163,7 +163,10 @@ def describe_saliency(facts: Facts) -> str:
 
 
 def _reason(facts: Facts) -> str:
-    return f" ({facts.ood_reason})" if facts.ood_reason else ""
+    """The rejection's reason in parentheses; for an unfamiliar image only colour (the text
+    already says the rest)."""
+    shown = facts.ood_reason and (not facts.unfamiliar or "colour" in facts.ood_reason)
+    return f" ({facts.ood_reason})" if shown else ""
 
 
 def _abstention(facts: Facts) -> str:

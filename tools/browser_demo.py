@@ -210,7 +210,8 @@ class Demo:
         self.step = f"screenshot {Path(path).name}"
         if wait_for:
             self.page.wait_for_selector(wait_for, timeout=60_000)
-        self.page.locator(".btc-result").scroll_into_view_if_needed()
+        top = self.page.locator(".btc-banner, .btc-result").first  # the widget's answer on top
+        top.evaluate("e => e.scrollIntoView({block: 'start'})")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(path), full_page=True)
         return Path(path)
@@ -258,8 +259,7 @@ def main(image: str, shot: str | None = None) -> dict:
         try:
             demo.open_and_run()
             seen = demo.predict(image)
-            rejected = seen["banner"] is not None and "brain MRI" in seen["banner"]
-            demo.screenshot(shot_path, wait_for=None if rejected else ".btc-explanation")
+            demo.screenshot(shot_path, wait_for="text=Done.")  # rejected images are explained too
         except Exception:
             saved = demo.save_diagnostics(shot_path.parent / "failure")
             print(f"failed at step {demo.step!r}; diagnostics: {', '.join(map(str, saved))}")
