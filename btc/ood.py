@@ -12,12 +12,12 @@ covariance; Lee et al., 2018), `mahalanobis_generic` (on three pooled stages of 
 MobileNet α 0.25, which tell modalities apart) and `_joint` (stages and generic), `knn_stages` /
 `knn_joint` (cosine kNN; Sun et al., 2022), their unions with the Mahalanobis score (`a+b`: the
 larger scaled score), `energy` (Liu et al., 2020) and `msp` (Hendrycks & Gimpel, 2017). The
-clusters: the four classes of the train split and the external *train* groups (Br35H). Each score is scaled by its validation distribution (0 = median, 1 = the
-`accept_rate` quantile) and combined with a colour check (MRI is grayscale: an image with more
-than `COLOUR_FRACTION` of its pixels coloured is not a scan) by taking the maximum; a coloured
-image is rejected whatever the threshold (`rejected`), and so is an image nearer to simulated CT
-than to every brain cluster (`btc.oodct`: head CT is the hardest kind) or whose pixels show a
-CT's skull (`skull_flag`). The Gaussians are also fitted on a style-augmented copy of the train
+clusters: the four classes of the train split and the external *train* groups (Br35H). Each
+score is scaled by its validation distribution (0 = median, 1 = the `accept_rate` quantile) and
+combined with a colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its
+pixels coloured is not a scan) by taking the maximum; a coloured image is rejected whatever the
+threshold (`rejected`), and so is one nearer to simulated CT than to every brain cluster
+(`btc.oodct`: head CT is the hardest kind) or whose pixels show a CT's skull (`skull_flag`). The Gaussians are also fitted on a style-augmented copy of the train
 split (blur, gamma, simulated skull stripping). The method is chosen per model by kind-balanced
 AUROC on the *select* part (validation, held-out external-train and bundled other-source brain
 scans against synthetic, bundled and half of the OOD folder's images); numbers are reported on the

@@ -93,10 +93,11 @@ def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, mi
             "target_error": target_error, "val_selective": fit}  # fmt: skip
 
 
-def _known_brains(images: list[dict], colours: dict) -> np.ndarray:
-    """The select part's grayscale brain MRI of other sources: they set `ood_far` too."""
+def _known_brains(scaled: np.ndarray, images: list[dict], colours: dict) -> np.ndarray:
+    """The scores of the select part's grayscale brain MRI of other sources (`ood_far`'s too)."""
     known = np.array([i["part"] == "select" and i["expect"] == "accept" for i in images], bool)
-    return known & (colours["images"] <= ood.COLOUR_FRACTION)
+    known &= colours["images"] <= ood.COLOUR_FRACTION
+    return ood.combine(scaled, colours["images"])[known]
 
 
 def _parts(outs: dict) -> list[str]:
@@ -194,7 +195,7 @@ def _fit_model(name, model, models_dir, meta, outs, checks, images, fit_args,
         "selection_kind_auroc": balanced,
         "stage_layers": oodfeatures.stage_layers(model, meta["gradcam_layer"]),
         **_thresholds(sources, outs["val"]["calibrated"], outs["val"]["labels"], *fit_args,
-                      ood.combine(scaled[method]["images"], colours["images"])[_known_brains(images, colours)]),
+                      _known_brains(scaled[method]["images"], images, colours)),
         "temperature": calibration_of(meta)[0], "class_bias": calibration_of(meta)[1],
         "model_sha256": datasets.file_sha256(Path(models_dir) / name / "model.keras"),
         "colour": {"chroma": ood.COLOUR_CHROMA, "fraction": ood.COLOUR_FRACTION,
@@ -237,7 +238,7 @@ def _fit_ensemble(names, members: dict, models_dir, colours, fit_args, images) -
     info = {"model": "ensemble", "members": names, "weights": weights,
             "method": "mean of the members' scaled scores",
             **_thresholds(sources, member["calibrated"]["val"], member["labels"]["val"], *fit_args,
-                          ood.combine(member["scaled"]["images"], colours["images"])[_known_brains(images, colours)]),
+                          _known_brains(member["scaled"]["images"], images, colours)),
             "fitted_on": {"thresholds": " + ".join(brain)}}  # fmt: skip
     config.write_json_atomic(Path(models_dir) / ood.ENSEMBLE_FILE, info)
     return info, member
@@ -269,7 +270,7 @@ def _report(info: dict, member: dict, colours: dict, images: list[dict], n_boots
         "external_accepted": oodmetrics.rate(~out_of["ext_test"]) if "ext_test" in score else None,
         "external_rejected": oodmetrics.external_rejected(out_of),
         "curve": oodmetrics.risk_coverage(ranking, correct),
-        "ood_far": info["ood_far"],  # brain scans btc calls "not a brain MRI" (should be none):
+        "ood_far": info["ood_far"],  # test / Br35H scans called "not a brain MRI" (CT-like only):
         "not_brain": {s: oodmetrics.rate(said[s] == ood.OOD_KINDS[0]) for s in ("test", "ext_test") if s in said},
     }  # fmt: skip
     out["rejected_by_kind"] = oodmetrics.rates_by_kind(images, out_of["images"], said["images"] == ood.OOD_KINDS[0])  # fmt: skip
