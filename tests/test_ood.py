@@ -386,3 +386,22 @@ def test_demo_shows_the_banners(ood_fitted, ood_loaded, monkeypatch):
         "ood_reason": None,
     }
     assert widgets.UNCERTAIN_BANNER in widgets.status_banner(uncertain)
+
+
+def test_a_series_is_called_not_a_brain_only_when_every_slice_is():
+    probs = {"glioma": 0.1, "meningioma": 0.1, "notumor": 0.7, "pituitary": 0.1}
+    base = {"ok": True, "probabilities": probs, "class": "notumor", "status": "out_of_distribution"}
+    sure, unsure = ({**base, "input": f"{k}.dcm", "ood_kind": k} for k in ood.OOD_KINDS)
+    assert (
+        predict._series_record([sure, {**sure, "input": "b.dcm"}], "s")["ood_kind"]
+        == "not_brain_mri"
+    )
+    mixed = predict._series_record([sure, unsure], "s")
+    assert (mixed["status"], mixed["ood_kind"], mixed["rejected_slices"]) == (
+        "out_of_distribution",
+        "unfamiliar",
+        2,
+    )
+    accepted = {**base, "input": "c.dcm", "status": "predicted", "ood_kind": None}
+    one = predict._series_record([sure, accepted], "s")  # the answer comes from the accepted slice
+    assert one["status"] == "predicted" and "ood_kind" not in one and one["rejected_slices"] == 1
