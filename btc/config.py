@@ -53,6 +53,7 @@ OFFICIAL_SPLITS: dict[str, str] = {"training": "Training", "testing": "Testing"}
 SPLIT_MODES = ("grouped", "official")
 SPLITS = ("train", "val", "test")
 LABEL_CONFLICT_POLICIES = ("drop", "keep")
+CT_SLICE_POLICIES = ("drop", "keep")
 
 
 def canonical_class(name: str) -> str | None:
@@ -209,6 +210,9 @@ class PreprocessConfig(StageConfig):
         label_conflicts: What to do with duplicate groups whose images carry different labels:
             `"drop"` them (their label is unreliable) or `"keep"` them (majority label used
             for stratification).
+        ct_slices: What to do with CT slices filed as MRI (`btc.data.ct_like`): `"drop"` their
+            duplicate groups (btc classifies brain MRI; CT in training teaches "CT means no
+            tumour") or `"keep"` them.
         workers: Processes used to index the files; `0` uses all cores.
         external_dir: Folder of external tumour scans with boxes (`btc.external`); empty or
             missing skips the external set.
@@ -229,6 +233,7 @@ class PreprocessConfig(StageConfig):
     image_size: int = 299
     sample_per_class: int = 0
     label_conflicts: str = "drop"
+    ct_slices: str = "drop"
     workers: int = 0
     drop_leaked: bool = True
     external_dir: str | Path = EXTERNAL_DIR
@@ -238,6 +243,7 @@ class PreprocessConfig(StageConfig):
         object.__setattr__(self, "data_dir", Path(self.data_dir or DATA_DIR).expanduser())
         check_choice("split_mode", self.split_mode, SPLIT_MODES)
         check_choice("label_conflicts", self.label_conflicts, LABEL_CONFLICT_POLICIES)
+        check_choice("ct_slices", self.ct_slices, CT_SLICE_POLICIES)
         check_range("seed", self.seed, 0, types=int)
         check_range("val_fraction", self.val_fraction, 0.0, 0.5, low_inclusive=False)
         check_range("test_fraction", self.test_fraction, 0.0, 0.5, low_inclusive=False)

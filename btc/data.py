@@ -8,6 +8,7 @@ model and never imports TensorFlow, so indexing runs in worker processes cheaply
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from btc import dedup, shortcut
+from btc import dedup, oodct, shortcut
 from btc.config import (
     CLASS_ALIASES,
     OFFICIAL_SPLITS,
@@ -30,15 +31,13 @@ from btc.config import (
     check_range,
 )
 from btc.datasets import MANIFEST_COLUMNS, crossing_groups, write_manifest
-from btc.images import (
-    read_checked,
-)
+from btc.images import fit_and_pad, read_checked, to_grayscale
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = [
     "path", "class", "official_split", "sha256", "width", "height", "mode", "format",
-    "bytes", "readable", "error", "phash", "phash_mirror", "phash_eq", "phash_eq_mirror", "thumb_eq", "cues",
+    "bytes", "readable", "error", "phash", "phash_mirror", "phash_eq", "phash_eq_mirror", "thumb_eq", "cues", "ct_like",
 ]  # fmt: skip
 
 
@@ -69,7 +68,7 @@ def inspect_image(path: str | Path) -> dict:
 
 _EMPTY_ROW = dict(sha256=None, width=0, height=0, mode=None, format="unknown", bytes=0,
                   readable=False, error=None, phash=None, phash_mirror=None, phash_eq=None,
-                  phash_eq_mirror=None, thumb_eq=None, cues=None)  # fmt: skip
+                  phash_eq_mirror=None, thumb_eq=None, cues=None, ct_like=False)  # fmt: skip
 
 
 def inspect_bytes(data: bytes) -> dict:
@@ -88,8 +87,33 @@ def inspect_bytes(data: bytes) -> dict:
     small = gray.resize((dedup.THUMB_SIDE, dedup.THUMB_SIDE), Image.BILINEAR)
     row["thumb_eq"] = np.asarray(ImageOps.equalize(small), dtype=np.uint8).tobytes()
     row["cues"] = shortcut.image_cues(np.asarray(gray)).tobytes()
+    row["ct_like"] = ct_like(data)
     row["readable"] = True
     return row
+
+
+def ct_like(data: bytes) -> bool:
+    """Whether a readable image is a CT slice by the pixel skull check (`btc.oodct.skull_ring`).
+
+    The Kaggle set files some head CT slices as MRI (mostly under notumor and meningioma): the
+    saturated bone ring of CT around a flat grey brain. The image is decoded at the check's
+    working size with the tf.data geometry (fit, pad with black), as `btc.ood.skull_flag` does
+    at prediction time.
+
+    Args:
+        data: Encoded bytes of an image that `read_checked` accepted.
+
+    Returns:
+        `True` when the slice has a CT's skull; `False` also when it cannot be decoded.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format == "JPEG":
+            img.draft("L", (2 * oodct.RING_SIZE, 2 * oodct.RING_SIZE))
+        gray = fit_and_pad(to_grayscale(img), oodct.RING_SIZE)
+    except Exception:  # read_checked already reported why a file is unreadable
+        return False
+    return bool(oodct.skull_ring(gray / 255.0))
 
 
 def discover_files(data_dir: str | Path) -> pd.DataFrame:
@@ -204,7 +228,8 @@ def audit(index: pd.DataFrame) -> dict[str, pd.DataFrame]:
     Returns:
         Dict of tables: `counts` (class × official split, with totals), `modes` (share of each
         colour mode per class — the shortcut table), `formats` (real format vs extension per
-        class), `sizes` (width/height statistics per class), `unreadable` (path and reason).
+        class), `sizes` (width/height statistics per class), `unreadable` (path and reason),
+        `ct_slices` (CT slices filed as MRI, `ct_like`, per class and official split).
     """
     ok = index[index["readable"]]
     split = ok["official_split"].replace("", "all")
@@ -219,8 +244,16 @@ def audit(index: pd.DataFrame) -> dict[str, pd.DataFrame]:
         distinct_sizes=("width", lambda s: len(set(zip(s, sizes.loc[s.index, "height"])))),
     ).round(3)  # fmt: skip
     unreadable = index.loc[~index["readable"], ["path", "class", "error"]].reset_index(drop=True)
+    ct = ok.get("ct_like", pd.Series(False, index=ok.index)).astype(bool)
+    ct_slices = pd.crosstab(ok["class"], split.where(ct, "not CT")).drop(
+        columns="not CT", errors="ignore"
+    )
+    ct_slices["total"], ct_slices["share"] = (
+        ct.groupby(ok["class"]).sum(),
+        ct.groupby(ok["class"]).mean().round(4),
+    )
     return {"counts": counts, "modes": modes, "formats": formats, "sizes": sizes,
-            "unreadable": unreadable}  # fmt: skip
+            "unreadable": unreadable, "ct_slices": ct_slices}  # fmt: skip
 
 
 # --- 4. split ------------------------------------------------------------------------------------
@@ -247,7 +280,8 @@ def split_dataset(
 ) -> tuple[pd.DataFrame, dict]:
     """Split indexed images into train/val/test so that no duplicate group crosses splits.
 
-    Byte-identical copies are reduced to one file first. `grouped` mode pools all images and
+    Byte-identical copies are reduced to one file first; label-conflict groups and the groups
+    of CT slices (`ct_like`) are dropped when `config` says so. `grouped` mode pools all images and
     makes a class-stratified split by group; `official` mode keeps the published Testing folder
     minus every image whose group also has a Training member, and carves validation out of
     Training by group.
@@ -275,6 +309,13 @@ def split_dataset(
     report["label_conflict_images"] = int(df["group"].isin(conflicted[conflicted].index).sum())
     if config.label_conflicts == "drop":
         df = df[~df["group"].isin(conflicted[conflicted].index)]
+    flagged = df.get("ct_like", pd.Series(False, index=df.index)).fillna(False).astype(bool)
+    ct = df["group"].isin(df.loc[flagged, "group"])  # whole groups: copies may be re-windowed
+    report["ct_slices"] = {"flagged": int(flagged.sum()), "in_their_groups": int(ct.sum()),
+                           "by_class": df.loc[ct, "class"].value_counts().sort_index().to_dict(),
+                           "policy": config.ct_slices, "paths": df.loc[ct, "path"].tolist()}  # fmt: skip
+    if config.ct_slices == "drop":
+        df = df[~ct]
     report["official_leakage"] = _official_leakage(df)
     info = pd.DataFrame({"label": labels, "size": df.groupby("group").size()}).dropna()
     val, test = config.val_fraction, config.test_fraction

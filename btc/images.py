@@ -63,6 +63,27 @@ def to_grayscale(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
+def fit_and_pad(img: Image.Image, size: int) -> np.ndarray:
+    """Scale a grayscale image to fit a square and pad it with black, like `decode_and_resize`.
+
+    The same geometry as the tf.data pipeline, without TensorFlow (for the data stage).
+
+    Args:
+        img: A grayscale (`"L"`) image.
+        size: Side of the square, in pixels.
+
+    Returns:
+        `(size, size)` uint8 array, the image centred.
+    """
+    scale = size / max(img.size)
+    width, height = (max(1, round(side * scale)) for side in img.size)
+    canvas = Image.new("L", (size, size))
+    canvas.paste(
+        img.resize((width, height), Image.BILINEAR), ((size - width) // 2, (size - height) // 2)
+    )
+    return np.asarray(canvas)
+
+
 def read_checked(data: bytes) -> tuple[dict, Image.Image | None]:
     """Check encoded image bytes and decode them to 8-bit grayscale, never raising.
 

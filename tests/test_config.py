@@ -23,6 +23,7 @@ def test_check_choice_message_is_keras_style():
         ({"image_size": 8}, ValueError, "`image_size` must be in [32, 1024]"),
         ({"seed": True}, TypeError, "Received: seed=True"),
         ({"label_conflicts": "merge"}, ValueError, "['drop', 'keep']"),
+        ({"ct_slices": "remove"}, ValueError, "Received: ct_slices='remove'"),
     ],
 )
 def test_preprocess_config_rejects_bad_values(kwargs, exc, fragment):

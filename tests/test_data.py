@@ -146,3 +146,36 @@ def test_official_split_drops_leaked_test_images(full_index, real_groups):
     assert dropped == report["official_leakage"]["testing_images_with_training_copy"] > 0
     assert set(manifest.loc[manifest.split == "test", "official_split"]) == {"Testing"}
     assert datasets.crossing_groups(manifest) == 0
+
+
+def test_ct_slices_filed_as_mri_are_found_and_their_groups_dropped(full_index, real_groups):
+    flagged = full_index[full_index["ct_like"]]
+    table = data.audit(full_index)["ct_slices"]
+    # seen on a montage: about 80 head CTs, nearly all under notumor and meningioma
+    assert 40 <= len(flagged) <= 160 and table["total"].sum() == len(flagged)
+    assert flagged["class"].isin(["notumor", "meningioma"]).mean() > 0.9
+    assert table.loc["notumor", "share"] > 0.02 > table.loc["glioma", "share"]
+    manifest, report = data.split_dataset(full_index, real_groups, config.PreprocessConfig())
+    kept, kept_report = data.split_dataset(
+        full_index, real_groups, config.PreprocessConfig(ct_slices="keep")
+    )
+    groups = set(real_groups[flagged.index])
+    assert not manifest["group"].isin(groups).any()  # whole groups leave, copies included
+    assert len(kept) - len(manifest) == report["ct_slices"]["in_their_groups"]
+    assert report["ct_slices"]["flagged"] <= report["ct_slices"]["in_their_groups"]
+    assert set(report["ct_slices"]["paths"]) == set(kept.loc[kept["group"].isin(groups), "path"])
+    assert kept_report["ct_slices"]["policy"] == "keep" and datasets.crossing_groups(manifest) == 0
+
+
+def test_ct_like_reads_the_pixels_as_prediction_does(shared_data):
+    from btc import ood
+
+    ct = shared_data / "Testing" / "notumor" / "Te-no_0010.jpg"  # a head CT filed as MRI
+    mri = sorted((shared_data / "Testing" / "glioma").glob("*"))[:20]
+    for path in [ct, *mri]:
+        raw = path.read_bytes()
+        assert data.ct_like(raw) == ood.skull_flag(raw)
+    assert data.ct_like(ct.read_bytes()) and not any(data.ct_like(p.read_bytes()) for p in mri)
+    assert data.ct_like(b"not an image") is False
+    row = data.inspect_bytes(ct.read_bytes())
+    assert row["readable"] and row["ct_like"] is True
