@@ -210,7 +210,7 @@ class PreprocessConfig(StageConfig):
         label_conflicts: What to do with duplicate groups whose images carry different labels:
             `"drop"` them (their label is unreliable) or `"keep"` them (majority label used
             for stratification).
-        ct_slices: What to do with CT slices filed as MRI (`btc.data.ct_like`): `"drop"` their
+        ct_slices: What to do with CT slices filed as MRI (`btc.oodct.ct_slice`): `"drop"` their
             duplicate groups (btc classifies brain MRI; CT in training teaches "CT means no
             tumour") or `"keep"` them.
         workers: Processes used to index the files; `0` uses all cores.

@@ -8,7 +8,6 @@ model and never imports TensorFlow, so indexing runs in worker processes cheaply
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
@@ -31,7 +30,7 @@ from btc.config import (
     check_range,
 )
 from btc.datasets import MANIFEST_COLUMNS, crossing_groups, write_manifest
-from btc.images import fit_and_pad, read_checked, to_grayscale
+from btc.images import read_checked
 
 log = logging.getLogger(__name__)
 
@@ -87,33 +86,9 @@ def inspect_bytes(data: bytes) -> dict:
     small = gray.resize((dedup.THUMB_SIDE, dedup.THUMB_SIDE), Image.BILINEAR)
     row["thumb_eq"] = np.asarray(ImageOps.equalize(small), dtype=np.uint8).tobytes()
     row["cues"] = shortcut.image_cues(np.asarray(gray)).tobytes()
-    row["ct_like"] = ct_like(data)
+    row["ct_like"] = oodct.ct_slice(data)
     row["readable"] = True
     return row
-
-
-def ct_like(data: bytes) -> bool:
-    """Whether a readable image is a CT slice by the pixel skull check (`btc.oodct.skull_ring`).
-
-    The Kaggle set files some head CT slices as MRI (mostly under notumor and meningioma): the
-    saturated bone ring of CT around a flat grey brain. The image is decoded at the check's
-    working size with the tf.data geometry (fit, pad with black), as `btc.ood.skull_flag` does
-    at prediction time.
-
-    Args:
-        data: Encoded bytes of an image that `read_checked` accepted.
-
-    Returns:
-        `True` when the slice has a CT's skull; `False` also when it cannot be decoded.
-    """
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.format == "JPEG":
-            img.draft("L", (2 * oodct.RING_SIZE, 2 * oodct.RING_SIZE))
-        gray = fit_and_pad(to_grayscale(img), oodct.RING_SIZE)
-    except Exception:  # read_checked already reported why a file is unreadable
-        return False
-    return bool(oodct.skull_ring(gray / 255.0))
 
 
 def discover_files(data_dir: str | Path) -> pd.DataFrame:

@@ -25,6 +25,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# `ood_reason` of an image rejected for its colour (set by `btc.ood.assess`): named to the user
+# even when the image is only "unfamiliar" (a brain MRI with a coloured overlay may be one)
+COLOUR_REASON = "colour image"
 DEFAULT_MODEL = "gemini-2.5-flash"
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 TEMPLATE_LABEL = "Template explanation — not AI-generated."
@@ -77,7 +80,7 @@ class Facts:
         saliency: Output of `btc.explain.describe_map` (region, shares); may be empty.
         colormap: Colormap of the displayed overlay.
         status: `"predicted"`, `"uncertain"` or `"out_of_distribution"` (`btc.ood`).
-        ood_reason: Why an image was rejected (e.g. `"colour image"`).
+        ood_reason: Why an image was rejected (e.g. `config.COLOUR_REASON`).
         ood_kind: For a rejected image, `"not_brain_mri"` (btc is sure) or `"unfamiliar"` (it may
             be a brain MRI from elsewhere; never told it is not one).
         confidence_threshold: The confidence below which the classifier abstains.
@@ -165,7 +168,7 @@ def describe_saliency(facts: Facts) -> str:
 def _reason(facts: Facts) -> str:
     """The rejection's reason in parentheses; for an unfamiliar image only colour (the text
     already says the rest)."""
-    shown = facts.ood_reason and (not facts.unfamiliar or "colour" in facts.ood_reason)
+    shown = facts.ood_reason and (not facts.unfamiliar or facts.ood_reason == COLOUR_REASON)
     return f" ({facts.ood_reason})" if shown else ""
 
 

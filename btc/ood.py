@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc import config, datasets, oodct, oodmetrics
+from btc import config, datasets, llm, oodct, oodmetrics
 from btc.calibration import same_calibration
 from btc.config import MODELS_DIR
 from btc.images import decode_and_resize
@@ -394,7 +394,7 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
     kind, reason = None, None
     if status == "out_of_distribution":
         kind = str(ood_kinds(feature, colour, info["ood_threshold"], ct, far))
-        reason = ("colour image" if colour > COLOUR_FRACTION else CT_REASON if ct else
+        reason = (llm.COLOUR_REASON if colour > COLOUR_FRACTION else CT_REASON if ct else
                   FAR_REASON if kind == OOD_KINDS[0] else UNFAMILIAR_REASON)  # fmt: skip
     return {"status": status, "ood_score": None if score is None else round(score, 4),
             "thresholds": thresholds, "ood_kind": kind, "ood_reason": reason, "status_note": note}  # fmt: skip

@@ -25,7 +25,12 @@ flagged Br35H scans in view, so head CT results on those images are optimistic (
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
+
+from btc.images import fit_and_pad, to_grayscale
 
 CT_SEED = 1
 HEAD_LEVEL = 0.08  # head mask: intensity above 8 % (as `oodfeatures.STRIP_LEVEL`)
@@ -100,6 +105,30 @@ def skull_ring(gray: np.ndarray) -> bool:
     gap = profile[peak + 1 : 5].min()  # MRI: a dark band (cortical bone, CSF) under bright fat
     return bool(ring >= RING_BONE and brain <= RING_BRAIN * ring and gap >= RING_GAP * brain
                 and profile[-1] >= RING_SATURATED)  # fmt: skip
+
+
+def ct_slice(data: bytes) -> bool:
+    """Whether a readable image is a CT slice by the pixel skull check (`skull_ring`).
+
+    The Kaggle set files some head CT slices as MRI (mostly under notumor and meningioma): the
+    saturated bone ring of CT around a flat grey brain. The image is decoded at the check's
+    working size with the tf.data geometry (fit, pad with black), as `btc.ood.skull_flag` does
+    at prediction time.
+
+    Args:
+        data: Encoded bytes of an image that `read_checked` accepted.
+
+    Returns:
+        `True` when the slice has a CT's skull; `False` also when it cannot be decoded.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format == "JPEG":
+            img.draft("L", (2 * RING_SIZE, 2 * RING_SIZE))
+        gray = fit_and_pad(to_grayscale(img), RING_SIZE)
+    except Exception:  # read_checked already reported why a file is unreadable
+        return False
+    return bool(skull_ring(gray / 255.0))
 
 
 def ct_like(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc import config, data, datasets
+from btc import config, data, datasets, oodct
 from tests import images
 
 # --- index and bad input -------------------------------------------------------------------------
@@ -174,8 +174,8 @@ def test_ct_like_reads_the_pixels_as_prediction_does(shared_data):
     mri = sorted((shared_data / "Testing" / "glioma").glob("*"))[:20]
     for path in [ct, *mri]:
         raw = path.read_bytes()
-        assert data.ct_like(raw) == ood.skull_flag(raw)
-    assert data.ct_like(ct.read_bytes()) and not any(data.ct_like(p.read_bytes()) for p in mri)
-    assert data.ct_like(b"not an image") is False
+        assert oodct.ct_slice(raw) == ood.skull_flag(raw)
+    assert oodct.ct_slice(ct.read_bytes()) and not any(oodct.ct_slice(p.read_bytes()) for p in mri)
+    assert oodct.ct_slice(b"not an image") is False
     row = data.inspect_bytes(ct.read_bytes())
     assert row["readable"] and row["ct_like"] is True
