@@ -308,3 +308,31 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 def _json_default(obj: Any) -> Any:
     """Typed records (e.g. `artifacts.Metadata`) as their dicts; anything else as its `str`."""
     return obj.to_dict() if callable(getattr(obj, "to_dict", None)) else str(obj)
+
+
+def quiet_tensorflow() -> bool:
+    """Import TensorFlow and Keras with its C++ start-up lines kept off the notebook.
+
+    TensorFlow writes CUDA, oneDNN and absl notices from C++ straight to file descriptor 2,
+    which a Jupyter kernel shows as red stderr under the cell (`btc pipeline` filters them the
+    same way). Python errors still raise. Call it before the first model is loaded.
+
+    Returns:
+        `True` if this call imported TensorFlow, `False` if it was already imported.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return False
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe prints here on a CPU machine
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    return True

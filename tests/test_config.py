@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from btc import config
@@ -56,3 +58,22 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text() == '{\n  "v": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_quiet_tensorflow_keeps_start_up_lines_off_stderr_and_errors_still_raise():
+    import subprocess
+    import sys
+
+    def run(code: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, timeout=300)  # fmt: skip
+
+    loud = run("import tensorflow as tf; tf.config.list_physical_devices(); print('ok')")
+    quiet = run(
+        "from btc import config; import sys; print(config.quiet_tensorflow(), "
+        "config.quiet_tensorflow()); import keras; print('after', file=sys.stderr)"
+    )
+    assert quiet.returncode == 0 and quiet.stdout.split() == ["True", "False"]
+    assert quiet.stderr.strip() == "after"  # stderr works again, nothing else was written
+    assert loud.returncode == 0 and loud.stderr.strip()  # without it the lines show
