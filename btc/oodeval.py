@@ -82,10 +82,11 @@ def _thresholds(sources: dict, calibrated, labels, accept_rate, target_error, mi
     per_source = {k: _pooled_threshold({k: v}, accept_rate) for k, v in sources.items()}
     threshold = _pooled_threshold(sources, accept_rate)
     far = max(threshold, float(np.max(np.concatenate([*sources.values(), np.ravel(brains)]))))
+    far = float(np.ceil(far * 1e4) / 1e4)  # rounded up: the brain that sets it stays within it
     accepted = sources["val"] <= threshold
     confidence, correct = calibrated.max(1)[accepted], (calibrated.argmax(1) == labels)[accepted]
     fit = ood.fit_confidence_threshold(confidence, correct, target_error, min_answered, risk_bound)
-    return {"ood_threshold": round(threshold, 6), "ood_far": round(far, 6), "accept_rate": accept_rate,
+    return {"ood_threshold": round(threshold, 6), "ood_far": far, "accept_rate": accept_rate,
             "source_thresholds": {k: round(v, 6) for k, v in per_source.items()},
             "accepted": {k: round(float(np.mean(v <= threshold)), 6) for k, v in sources.items()},
             "val_accepted": round(float(accepted.mean()), 6),

@@ -110,7 +110,8 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(ood_fitted):
                     or image["scores"][name] > min(e["ood_far"], picture) - 1e-4
                 )
             if image["part"] == "select" and image["expect"] == "accept":  # known (gray) brains
-                assert image["scores"][name] <= e["ood_far"] + 1e-4, (name, image["name"])
+                assert image["scores"][name] <= e["ood_far"], (name, image["name"])
+                assert kind != "not_brain_mri" or image["ct_like"][name], image["name"]
     for e in saved["models"].values():
         assert {"test", "ext_test"} & set(e["not_brain"]) and e["ood_far"] >= e["ood_threshold"]
     assert "What a rejection says" in markdown
@@ -223,8 +224,8 @@ def test_ensemble_ct_flags_are_the_union_even_when_a_member_has_no_ct_check(tmp_
     )
     # `ood_far`: the highest ensemble score of any known brain (validation, select-part brains)
     assert info["ood_far"] == pytest.approx(
-        max(ens["scaled"]["val"].max(), ens["scaled"]["images"][0]), abs=1e-6
-    )
+        max(ens["scaled"]["val"].max(), ens["scaled"]["images"][0]), abs=1e-4
+    ) and info["ood_far"] >= max(ens["scaled"]["val"].max(), ens["scaled"]["images"][0])
     assert ens["ct"]["images"].tolist() == [True, False, False, True, False]
     members["mobilenet"]["ct"] = {"images": np.array([0, 1, 0, 0, 0], bool)}
     members["cnn"]["ct"] = {}  # the first member without it no longer hides the other's flags
