@@ -11,9 +11,10 @@ image lying between the clusters, where a shared covariance sees nothing odd, is
 scan.
 
 The Gaussians are fitted on the train scans and on a *style-augmented* copy of them
-(`style_augment`: blur, gamma and simulated skull stripping). Brain MRI from other sources differs
-from the Kaggle scans in exactly these ways (resolution, contrast, research pipelines that strip
-the skull); anatomy is never augmented, so a chest film or an abdominal slice stays far.
+(`style_augment`: blur, gamma, simulated skull stripping, turns and flips, crops). Brain MRI from
+other sources differs from the Kaggle scans in exactly these ways (resolution, contrast, research
+pipelines that strip the skull, orientation, a figure's zoomed panel); anatomy is never augmented,
+so a chest film or an abdominal slice stays far.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ STYLE_STRIP = 0.5  # share of the copies whose skull is stripped
 STRIP_LEVEL, STRIP_ERODE = 0.08, 0.12  # head mask: intensity > 8 %, eroded by 12 % of the side
 STRIP_KEEP = 0.4  # strip only when the eroded mask keeps at least 40 % of the head mask
 STYLE_ORIENT = 0.5  # share of the copies turned or flipped (one of the square's 7 other symmetries)
+STYLE_CROP, CROP_ZOOM = 0.25, (1.3, 2.2)  # share of the copies cropped to a region, and its zoom
 
 
 def style_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -57,7 +59,9 @@ def style_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     brain and drops the scalp and skull ring, as research pipelines do) — unless the eroded mask
     keeps less than `STRIP_KEEP` of the head, which would leave a near-blank image; and
     `STYLE_ORIENT` of them a turn by 90°, 180° or 270° or a flip (a slice written from a NIfTI
-    volume without reorienting it, or shown in the other left–right convention).
+    volume without reorienting it, or shown in the other left–right convention); and
+    `STYLE_CROP` of them cropped to a region of the head and enlarged by `CROP_ZOOM` (a figure's
+    panel or a zoomed view: a crop of a brain MRI is still one).
 
     Args:
         images: `(n, size, size, 3)` float array in [0, 1] (gray scans repeated over channels).
@@ -87,6 +91,14 @@ def style_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for i in np.flatnonzero(rng.random(n) < STYLE_ORIENT):
         k = int(rng.integers(1, 8))  # 1–3: turns; 4–7: a turn by (k − 4) × 90°, then transposed
         x[i] = np.rot90(x[i], k % 4) if k < 4 else np.rot90(x[i], k % 4).swapaxes(0, 1)
+    crop = np.flatnonzero(rng.random(n) < STYLE_CROP)
+    side = 1.0 / rng.uniform(*CROP_ZOOM, len(crop))  # the window, as a share of the side
+    corner = (1.0 - side)[:, None] * rng.uniform(0.25, 0.75, (len(crop), 2))  # within the head
+    boxes = np.concatenate([corner, corner + side[:, None]], 1).astype(np.float32)
+    if len(crop):
+        x[crop] = tf.image.crop_and_resize(
+            x[crop], boxes, np.arange(len(crop)), (size, size)
+        ).numpy()
     return np.repeat(x, 3, -1).astype(np.float32)
 
 

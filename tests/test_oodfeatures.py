@@ -99,6 +99,16 @@ def test_style_augment_turns_or_flips_about_half_of_the_copies():
     assert len(set(where)) >= 6  # turns and flips, not one fixed transform
 
 
+def test_style_augment_crops_and_enlarges_about_a_quarter_of_the_copies():
+    x = _head()
+    out = oodfeatures.style_augment(np.stack([x] * 64), np.random.default_rng(1))[..., 0]
+    head = (out > oodfeatures.STRIP_LEVEL).mean((1, 2))  # share of the frame the head fills
+    border = np.concatenate([out[:, :3], out[:, -3:]], 1).mean((1, 2))  # background at the edge
+    cropped = (head > (x[..., 0] > oodfeatures.STRIP_LEVEL).mean() + 0.1) & (border > 0.1)
+    assert 0.12 < cropped.mean() < 0.4  # STYLE_CROP = 0.25 of 64 copies
+    assert (out[cropped].max((1, 2)) > 0.3).all()  # a region of the head, never a blank corner
+
+
 def test_style_augment_never_blanks_a_small_head():
     size = 96
     yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
