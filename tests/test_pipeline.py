@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 
 import nbformat
 import pytest
@@ -155,6 +156,11 @@ def test_papermill_smoke_run_of_the_pipeline(real_sample, tmp_path):
     assert metrics["leakage"]["leaky"] is False
     executed = nbformat.read(tmp_path / "03_evaluate.ipynb", as_version=4)
     assert "| ensemble |" in json.dumps([c.get("outputs") for c in executed.cells])
+    demo = nbformat.read(tmp_path / "04_predict_interactive.ipynb", as_version=4)
+    stderr = [o.get("text", "") for c in demo.cells for o in c.get("outputs", [])
+              if o.get("name") == "stderr"]  # fmt: skip
+    probe = re.compile(r"absl::InitializeLog|cudart_stub|cuda_platform|cpu_feature_guard")
+    assert not [t for t in stderr if probe.search(t)]  # config.quiet_tensorflow() in the notebook
 
 
 def test_repository_layout():
