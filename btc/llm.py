@@ -80,7 +80,7 @@ class Facts:
         saliency: Output of `btc.explain.describe_map` (region, shares); may be empty.
         colormap: Colormap of the displayed overlay.
         status: `"predicted"`, `"uncertain"` or `"out_of_distribution"` (`btc.ood`).
-        ood_reason: Why an image was rejected (e.g. `config.COLOUR_REASON`).
+        ood_reason: Why an image was rejected (e.g. `COLOUR_REASON`).
         ood_kind: For a rejected image, `"not_brain_mri"` (btc is sure) or `"unfamiliar"` (it may
             be a brain MRI from elsewhere; never told it is not one).
         confidence_threshold: The confidence below which the classifier abstains.
