@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PRESET ?= quick
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25  # the slowest tests, so a CI log shows where its time goes
 
 .PHONY: setup test test-fast lint pytest pipeline bench clean-results
 
