@@ -25,9 +25,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# `ood_reason` of an image rejected for its colour (set by `btc.ood.assess`): named to the user
-# even when the image is only "unfamiliar" (a brain MRI with a coloured overlay may be one)
+# `ood_reason`s (set by `btc.ood.assess`) named to the user even when the image is only
+# "unfamiliar": colour (a brain MRI with a coloured overlay may be one) and a CT check that fired
+# on an image whose features are within the brain scans' (a CT, or an MRI in a harsh window)
 COLOUR_REASON = "colour image"
+CT_HINT = "the skull is bright, as on a CT scan"
+NAMED_REASONS = (COLOUR_REASON, CT_HINT)
 DEFAULT_MODEL = "gemini-2.5-flash"
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 TEMPLATE_LABEL = "Template explanation — not AI-generated."
@@ -166,9 +169,9 @@ def describe_saliency(facts: Facts) -> str:
 
 
 def _reason(facts: Facts) -> str:
-    """The rejection's reason in parentheses; for an unfamiliar image only colour (the text
-    already says the rest)."""
-    shown = facts.ood_reason and (not facts.unfamiliar or facts.ood_reason == COLOUR_REASON)
+    """The rejection's reason in parentheses; for an unfamiliar image only `NAMED_REASONS` (the
+    text already says the rest)."""
+    shown = facts.ood_reason and (not facts.unfamiliar or facts.ood_reason in NAMED_REASONS)
     return f" ({facts.ood_reason})" if shown else ""
 
 

@@ -17,11 +17,13 @@ score is scaled by its validation distribution (0 = median, 1 = the `accept_rate
 combined with a colour check (MRI is grayscale: an image with more than `COLOUR_FRACTION` of its
 pixels coloured is not a scan) by taking the maximum; a coloured image is rejected whatever the
 threshold (`rejected`), and so is one nearer to simulated CT than to every brain cluster
-(`btc.oodct`: head CT is the hardest kind) or whose pixels show a CT's skull (`skull_flag`). The Gaussians are also fitted on a style-augmented copy of the train
-split (blur, gamma, simulated skull stripping). The method is chosen per model by kind-balanced
-AUROC on the *select* part (validation, held-out external-train and bundled other-source brain
-scans against synthetic, bundled and half of the OOD folder's images); numbers are reported on the
-rest. The threshold accepts `accept_rate` of the in-distribution brain scans pooled (validation
+(`btc.oodct`: head CT is the hardest kind) or whose pixels show a CT's skull
+(`oodct.skull_flag`); such an image is called "not a brain MRI" only when its feature score is
+beyond the threshold too. The Gaussians are also fitted on a style-augmented copy of the train
+split (blur, gamma, simulated skull stripping, turns, crops). The method is chosen per model by
+kind-balanced AUROC on the *select* part (validation, held-out external-train and bundled
+other-source brain scans against synthetic, bundled and half of the OOD folder's images); numbers
+are reported on the rest. The threshold accepts `accept_rate` of the in-distribution brain scans pooled (validation
 and the external train groups scored by a fit without them); `ood_far`, the highest score of any
 brain MRI the fit knows, separates "not a brain MRI" from "unfamiliar". The features and the
 Gaussian fit live in `btc.oodfeatures`; fitting and report in `btc.oodeval` (called by
@@ -41,7 +43,6 @@ from PIL import Image
 from btc import config, datasets, llm, oodct, oodmetrics
 from btc.calibration import same_calibration
 from btc.config import MODELS_DIR
-from btc.images import decode_and_resize
 from btc.oodfeatures import FEATURES, GENERIC_FILE, knn_distance
 
 STATUSES = ("predicted", "uncertain", "out_of_distribution")
@@ -81,18 +82,6 @@ def colour_fraction(raw: bytes) -> float:
     rgb.thumbnail((256, 256))
     arr = np.asarray(rgb, dtype=np.int16)
     return float(np.mean(arr.max(-1) - arr.min(-1) > COLOUR_CHROMA * 255))
-
-
-def skull_flag(raw: bytes) -> bool:
-    """The pixel CT check (`oodct.skull_ring`) of one encoded image, decoded as in training.
-
-    Args:
-        raw: Encoded image bytes.
-
-    Returns:
-        `True` when the slice has a CT's skull (a saturated ring around a darker, flat brain).
-    """
-    return oodct.skull_ring(decode_and_resize(raw, oodct.RING_SIZE).numpy()[..., 0] / 255.0)
 
 
 def raw_scores(out: dict, stats_arrays: dict) -> dict[str, np.ndarray]:
@@ -184,11 +173,14 @@ def rejected(score, colour, threshold: float, ct=False):
 def ood_kinds(feature, colour, threshold: float, ct=False, far: float | None = None) -> np.ndarray:
     """Each input's `ood_kind`: `""` when accepted, else one of `OOD_KINDS`.
 
-    `"not_brain_mri"` for a CT-like image, a colour picture (over `COLOUR_PICTURE`) or a feature
-    score above `far`; `"unfamiliar"` for the rest of the rejected (a brain MRI with a coloured
-    overlay stays one), all score-only rejections when `far` is `None` (fitted before it)."""
-    sure = np.asarray(ct) | (np.asarray(colour) > COLOUR_PICTURE)
-    sure = sure | (np.asarray(feature) > (np.inf if far is None else far))
+    `"not_brain_mri"` for a colour picture (over `COLOUR_PICTURE`), a feature score above `far`,
+    or a CT-like image whose feature score is beyond `threshold` too (two signals: a CT check
+    alone also fires on a few real MRI in a harsh window); `"unfamiliar"` for the rest of the
+    rejected (a brain MRI with a coloured overlay stays one), all score-only rejections when
+    `far` is `None` (fitted before it)."""
+    feature = np.asarray(feature, float)  # `None` (no features): NaN, beyond nothing
+    sure = (np.asarray(ct) & (feature > threshold)) | (np.asarray(colour) > COLOUR_PICTURE)
+    sure = sure | (feature > (np.inf if far is None else far))
     out = rejected(combine(feature, colour), colour, threshold, ct)
     return np.where(out, np.where(sure, *OOD_KINDS), "")
 
@@ -200,7 +192,7 @@ def ct_flags(out: dict, stats_: dict, skull=None) -> np.ndarray:
         out: `oodfeatures.forward` output.
         stats_: `load_stats` output (`ood.npz` arrays `ct_*`, `ood.json` `ct_check`,
             `skull_check`).
-        skull: `skull_flag` of each input; used when `ood.json` has `skull_check` (models
+        skull: `oodct.skull_flag` of each input; used when `ood.json` has `skull_check` (models
             fitted before it keep their behaviour).
 
     Returns:
@@ -394,7 +386,8 @@ def assess(info: dict | None, confidence: float, feature: float | None, colour: 
     kind, reason = None, None
     if status == "out_of_distribution":
         kind = str(ood_kinds(feature, colour, info["ood_threshold"], ct, far))
-        reason = (llm.COLOUR_REASON if colour > COLOUR_FRACTION else CT_REASON if ct else
-                  FAR_REASON if kind == OOD_KINDS[0] else UNFAMILIAR_REASON)  # fmt: skip
+        sure = kind == OOD_KINDS[0]
+        reason = (llm.COLOUR_REASON if colour > COLOUR_FRACTION else (CT_REASON if sure else
+                  llm.CT_HINT) if ct else FAR_REASON if sure else UNFAMILIAR_REASON)  # fmt: skip
     return {"status": status, "ood_score": None if score is None else round(score, 4),
             "thresholds": thresholds, "ood_kind": kind, "ood_reason": reason, "status_note": note}  # fmt: skip

@@ -30,7 +30,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from btc.images import fit_and_pad, to_grayscale
+from btc.images import decode_and_resize, fit_and_pad, to_grayscale
 
 CT_SEED = 1
 HEAD_LEVEL = 0.08  # head mask: intensity above 8 % (as `oodfeatures.STRIP_LEVEL`)
@@ -107,13 +107,28 @@ def skull_ring(gray: np.ndarray) -> bool:
                 and profile[-1] >= RING_SATURATED)  # fmt: skip
 
 
+def skull_flag(raw: bytes) -> bool:
+    """The pixel CT check (`skull_ring`) of one encoded image at prediction time.
+
+    Decoded by `decode_and_resize`, as the classifier sees it (the data stage's `ct_slice` decodes
+    without TensorFlow; the two agree on the Kaggle files, and may differ on a transparent PNG).
+
+    Args:
+        raw: Encoded image bytes.
+
+    Returns:
+        `True` when the slice has a CT's skull (a saturated ring around a darker, flat brain).
+    """
+    return skull_ring(decode_and_resize(raw, RING_SIZE).numpy()[..., 0] / 255.0)
+
+
 def ct_slice(data: bytes) -> bool:
     """Whether a readable image is a CT slice by the pixel skull check (`skull_ring`).
 
     The Kaggle set files some head CT slices as MRI (mostly under notumor and meningioma): the
     saturated bone ring of CT around a flat grey brain. The image is decoded at the check's
-    working size with the tf.data geometry (fit, pad with black), as `btc.ood.skull_flag` does
-    at prediction time.
+    working size with the tf.data geometry (fit, pad with black), as `skull_flag` does at
+    prediction time.
 
     Args:
         data: Encoded bytes of an image that `read_checked` accepted.

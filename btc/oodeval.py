@@ -156,7 +156,7 @@ def _fit_model(name, model, models_dir, meta, outs, checks, images, fit_args,
     The method: the best `oodmetrics.kind_balanced_auroc` on the select part of `images` (then
     the best plain AUROC of in-distribution and other-source brains against the other images).
 
-    `checks`: `(colours, skulls)`, the `ood.colour_fraction` and `ood.skull_flag` of each set.
+    `checks`: `(colours, skulls)`, the `ood.colour_fraction` and `oodct.skull_flag` of each set.
 
     Returns:
         The stored info, every method's scaled score per set (`{method: {set: (n,)}}`) and the
@@ -355,7 +355,7 @@ def fit_and_report(
         frames |= {f"ext_{s}": (ext, s) for s in ("train", "test") if (ext.split == s).any()}
     raws = {"images": [i["raw"] for i in images]} | {k: [Path(p).read_bytes() for p in f.loc[f.split == s, "path"]] for k, (f, s) in frames.items() if k != "train"}  # fmt: skip
     colours = {k: np.array([ood.colour_fraction(r) for r in v]) for k, v in raws.items()}
-    skulls = {k: np.array([ood.skull_flag(r) for r in v], bool) for k, v in raws.items()}
+    skulls = {k: np.array([oodct.skull_flag(r) for r in v], bool) for k, v in raws.items()}
     del raws
     for checks in (colours, skulls) if "ext_train" in colours else ():
         checks["ext_train_held_out"] = checks["ext_train"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btc import artifacts, dicom, ood, oodfeatures
+from btc import artifacts, dicom, ood, oodct, oodfeatures
 from btc.artifacts import run_model_names
 from btc.calibration import calibrate, calibration_of, ensemble
 from btc.config import CLASS_NAMES, MODELS_DIR
@@ -230,7 +230,7 @@ def predict(
     cts: dict[str, np.ndarray] = {}  # each member's CT checks (`ood.ct_flags`)
     arrays: dict[int, np.ndarray] = {}
     uses_skull = any((models[n].ood.get("info") or {}).get("skull_check") for n in members)
-    skulls = [ood.skull_flag(raw) for raw, *_ in encoded] if runtime == "keras" and uses_skull else None  # fmt: skip
+    skulls = [oodct.skull_flag(raw) for raw, *_ in encoded] if runtime == "keras" and uses_skull else None  # fmt: skip
     for name in members:
         meta, loaded = models[name].metadata, models[name]
         size = meta["image_size"]

@@ -246,9 +246,9 @@ def ood_markdown(report: dict) -> str:
         rows = [[name, f"{e['ood_far']:.2f}", *(f"{e['not_brain'][s]['count']}/{e['not_brain'][s]['n']}" if s in e["not_brain"] else "–" for s in ("test", "ext_test")),
                  *(f"{p['not_brain']['count']}/{p['all']['count']}" if (p := e["rejected_by_kind"].get(k)) else "–" for k in every)]
                 for name, e in models.items()]  # fmt: skip
-        lines += ["", "What a rejection says: \"not a brain MRI\" (CT-like, a colour picture, or features above `ood_far`, the "
-                  "highest score of any brain MRI the fit knows) or only \"unlike the training scans\". Test and "
-                  "Br35H scans called not a brain (by the CT checks — the Kaggle set files some CT slices as MRI — or above `ood_far`), and per kind: said not a brain / rejected:",
+        lines += ["", "What a rejection says: \"not a brain MRI\" (CT-like with features beyond the threshold, a colour picture, or features "
+                  "above `ood_far`, the highest score of any brain MRI the fit knows) or only \"unlike the training scans\" (a CT check "
+                  "alone: \"the skull is bright, as on a CT scan\"). Test and Br35H scans called not a brain, and per kind: said not a brain / rejected:",
                   "", *_table(["model", "ood_far", "test", "Br35H test", *every], rows)]  # fmt: skip
     files = [i for i in report["images"] if "dicom_refused" in i and "rejected" in i]
     if files:  # the bundled DICOM files: what `btc predict` does with the file itself

@@ -32,7 +32,8 @@ def status_banner(record: dict) -> str:
     conf = f"{record['confidence']:.1%}"
     threshold = (record.get("thresholds") or {}).get("confidence")
     if status == "out_of_distribution" and record.get("ood_kind") == "unfamiliar":
-        colour = f" ({llm.COLOUR_REASON})" if record.get("ood_reason") == llm.COLOUR_REASON else ""
+        why = record.get("ood_reason")
+        colour = f" ({why})" if why in llm.NAMED_REASONS else ""
         html_ = (
             f"<div class='btc-banner btc-ood btc-unfamiliar' style='{_BANNER_STYLE}#c00;"
             f"background:#f8d7da'>{UNFAMILIAR_BANNER}{html.escape(colour)}.</div><div class='btc-result'>It may still "

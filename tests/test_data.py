@@ -168,13 +168,11 @@ def test_ct_slices_filed_as_mri_are_found_and_their_groups_dropped(full_index, r
 
 
 def test_ct_like_reads_the_pixels_as_prediction_does(shared_data):
-    from btc import ood
-
     ct = shared_data / "Testing" / "notumor" / "Te-no_0010.jpg"  # a head CT filed as MRI
     mri = sorted((shared_data / "Testing" / "glioma").glob("*"))[:20]
     for path in [ct, *mri]:
         raw = path.read_bytes()
-        assert oodct.ct_slice(raw) == ood.skull_flag(raw)
+        assert oodct.ct_slice(raw) == oodct.skull_flag(raw)
     assert oodct.ct_slice(ct.read_bytes()) and not any(oodct.ct_slice(p.read_bytes()) for p in mri)
     assert oodct.ct_slice(b"not an image") is False
     row = data.inspect_bytes(ct.read_bytes())

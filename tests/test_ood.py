@@ -109,14 +109,17 @@ def test_a_rejection_says_not_a_brain_only_beyond_every_known_brain():
     # statistics fitted before `ood_far` never call an image "not a brain" by its score
     old = {k: v for k, v in info.items() if k != "ood_far"}
     assert ood.assess(old, 0.99, 9.0, 0.0)["ood_kind"] == "unfamiliar"
-    kinds = ood.ood_kinds(np.array([0.5, 2.0, 3.5, 0.5, 0.5, 0.5]), np.array([0, 0, 0, 0.2, 0.5, 0]),
-                          1.0, ct=np.array([0, 0, 0, 0, 0, 1], bool), far=3.0)  # fmt: skip
+    kinds = ood.ood_kinds(np.array([0.5, 2.0, 3.5, 0.5, 0.5, 0.5, 1.5]),
+                          np.array([0, 0, 0, 0.2, 0.5, 0, 0]), 1.0,
+                          ct=np.array([0, 0, 0, 0, 0, 1, 1], bool), far=3.0)  # fmt: skip
+    # a CT check with a brain's features: refused as unfamiliar; with unfamiliar features too: sure
     assert kinds.tolist() == [
         "",
         "unfamiliar",
         "not_brain_mri",
         "unfamiliar",
         "not_brain_mri",
+        "unfamiliar",
         "not_brain_mri",
     ]
 
@@ -343,6 +346,9 @@ def test_an_unfamiliar_image_is_never_called_not_a_brain_nor_explained_as_a_find
     banner = widgets.status_banner(record)
     assert widgets.UNFAMILIAR_BANNER in banner and widgets.OOD_BANNER not in banner
     assert "ask a radiologist" in banner and "(flagged)" in banner
+    hint = llm.Facts.from_record(record | {"ood_reason": llm.CT_HINT}, "ensemble")
+    for text in (llm.template_explanation(hint), llm.build_prompt(hint)):
+        assert f"({llm.CT_HINT})" in text and "does not look like a brain MRI" not in text
     sure = widgets.status_banner(
         record | {"ood_kind": "not_brain_mri", "ood_reason": ood.FAR_REASON}
     )

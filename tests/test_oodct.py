@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from btc import inputs, ood, oodct, oodfeatures, predict, reports
+from btc import inputs, llm, ood, oodct, oodfeatures, predict, reports, widgets
 from tests.conftest import OOD_DEV, SHARED_EXTERNAL
 
 
@@ -83,11 +83,17 @@ def test_status_of_and_assess_refuse_a_ct_like_image():
     assert ood.status_of(None, None, 0.99, 0.9, ct=True) == "predicted"  # gate needs features
     info = {"ood_threshold": 1.0, "confidence_threshold": 0.9, "target_met": True,
             "method": "mahalanobis_joint", "target_error": 0.02, "accept_rate": 0.975}  # fmt: skip
+    # a CT check alone refuses, but says "not a brain MRI" only with the features' agreement: it
+    # also fires on a few real MRI in a harsh window (Br35H y10.jpg), whose features are a brain's
     rec = ood.assess(info, 0.99, 0.5, 0.0, ct=True)
-    assert rec["status"] == "out_of_distribution" and rec["ood_reason"] == ood.CT_REASON
-    # CT-like says "not a brain MRI" (a CT) before the score's verdict
+    assert rec["status"] == "out_of_distribution"
+    assert (rec["ood_kind"], rec["ood_reason"]) == ("unfamiliar", llm.CT_HINT)
+    beyond = ood.assess(info | {"ood_far": 1.5}, 0.99, 1.2, 0.0, ct=True)
+    assert (beyond["ood_kind"], beyond["ood_reason"]) == ("not_brain_mri", ood.CT_REASON)
     far = ood.assess(info | {"ood_far": 1.5}, 0.99, 2.0, 0.0, ct=True)
     assert (far["ood_reason"], far["ood_kind"]) == (ood.CT_REASON, "not_brain_mri")
+    banner = widgets.status_banner(rec | {"class": "notumor", "confidence": 0.99})
+    assert widgets.UNFAMILIAR_BANNER in banner and f"({llm.CT_HINT})" in banner
     assert ood.assess(info, 0.99, 0.5, 0.0)["status"] == "predicted"
 
 
@@ -125,7 +131,8 @@ def test_the_ct_check_is_fitted_stored_and_applied_by_predict(ood_fitted, ood_lo
         arrays["ct_means_w"][:] = saved
     assert before["per_model"]["cnn"]["status"] != "out_of_distribution"  # validation: accepted
     assert after["per_model"]["cnn"]["status"] == "out_of_distribution"
-    assert after["per_model"]["cnn"]["ood_reason"] == ood.CT_REASON
+    member = after["per_model"]["cnn"]  # a validation scan: its features are a brain's
+    assert (member["ood_kind"], member["ood_reason"]) == ("unfamiliar", llm.CT_HINT)
     assert (
         after["status"] == "out_of_distribution"
     )  # any member's CT check refuses for the ensemble
@@ -167,7 +174,7 @@ def test_skull_ring_tells_a_ct_skull_from_mri_scalp_fat():
 
 
 def _gray(path: Path) -> np.ndarray:
-    """A file decoded as `ood.skull_flag` does."""
+    """A file decoded as `oodct.skull_flag` does."""
     from btc.images import decode_and_resize
 
     return decode_and_resize(path.read_bytes(), oodct.RING_SIZE).numpy()[..., 0] / 255.0
@@ -177,7 +184,7 @@ def test_skull_ring_on_real_scans(shared_data):
     heads = sorted((OOD_DEV / "other_medical").glob("CT_head_*"))
     if not heads:
         pytest.skip(f"no head CT in {OOD_DEV / 'other_medical'}")
-    assert all(ood.skull_flag(p.read_bytes()) for p in heads)  # tightly framed head CTs
+    assert all(oodct.skull_flag(p.read_bytes()) for p in heads)  # tightly framed head CTs
     others = sorted((OOD_DEV / "brain_mri_other").glob("*"))
     assert others and not any(oodct.skull_ring(_gray(p)) for p in others)
     rng = np.random.default_rng(0)
@@ -217,9 +224,9 @@ def test_the_skull_check_is_reported_and_refuses_a_ct_in_predict(
     frame = pd.read_csv(manifest, keep_default_na=False)
     scan = frame[frame.split == "val"].path.iloc[0]
     before = predict.predict_files([scan], "ensemble", ood_loaded, models_dir)[0]
-    monkeypatch.setattr(ood, "skull_flag", lambda raw: True)  # the pixels now show a CT skull
+    monkeypatch.setattr(oodct, "skull_flag", lambda raw: True)  # the pixels now show a CT skull
     after = predict.predict_files([scan], "ensemble", ood_loaded, models_dir)[0]
     assert before["per_model"]["cnn"]["status"] != "out_of_distribution"
     assert after["status"] == "out_of_distribution"
-    assert after["per_model"]["cnn"]["ood_reason"] == ood.CT_REASON
+    assert after["per_model"]["cnn"]["ood_reason"] == llm.CT_HINT  # below the threshold
     assert after["ood_score"] == before["ood_score"]

@@ -99,14 +99,15 @@ def test_fit_stores_statistics_and_thresholds_with_each_model(ood_fitted):
         for name, e in saved["models"].items():
             above = image["scores"][name] > e["ood_threshold"]
             assert image["rejected"][name] is True or not above  # below: accepted unless coloured
-            kind = image["ood_kind"][name]  # "not a brain" only if coloured, CT-like or beyond far
-            assert (kind is None) == (not image["rejected"][name])
-            if kind == "unfamiliar":
-                assert not image["ct_like"][name]
-            if kind == "not_brain_mri":  # CT-like, or a colour picture, or features beyond far:
+            kind = image["ood_kind"][name]  # "not a brain": coloured, CT-like beyond the threshold,
+            assert (kind is None) == (not image["rejected"][name])  # or beyond far
+            if kind == "unfamiliar" and image["ct_like"][name]:  # a CT check alone
+                assert not above
+            if kind == "not_brain_mri":  # CT-like and above, or a colour picture, or beyond far:
                 picture = ood.COLOUR_PICTURE / ood.COLOUR_FRACTION  # (the score is the larger)
                 assert (
                     image["ct_like"][name]
+                    and above
                     or image["scores"][name] > min(e["ood_far"], picture) - 1e-4
                 )
             if image["part"] == "select" and image["expect"] == "accept":  # known (gray) brains
