@@ -23,11 +23,11 @@ beyond the threshold too. The Gaussians are also fitted on a style-augmented cop
 split (blur, gamma, simulated skull stripping, turns, crops). The method is chosen per model by
 kind-balanced AUROC on the *select* part (validation, held-out external-train and bundled
 other-source brain scans against synthetic, bundled and half of the OOD folder's images); numbers
-are reported on the rest. The threshold accepts `accept_rate` of the in-distribution brain scans pooled (validation
-and the external train groups scored by a fit without them); `ood_far`, the highest score of any
-brain MRI the fit knows, separates "not a brain MRI" from "unfamiliar". The features and the
-Gaussian fit live in `btc.oodfeatures`; fitting and report in `btc.oodeval` (called by
-03_evaluate); the numbers in `btc.oodmetrics`.
+are reported on the rest. The threshold accepts `accept_rate` of the in-distribution brain scans
+pooled (validation and the external train groups scored by a fit without them); `ood_far`, the
+highest score of any brain MRI the fit knows, separates "not a brain MRI" from "unfamiliar". The
+features and the Gaussian fit live in `btc.oodfeatures`; fitting and report in `btc.oodeval`
+(called by 03_evaluate); the numbers in `btc.oodmetrics`.
 """
 
 from __future__ import annotations

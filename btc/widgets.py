@@ -33,10 +33,10 @@ def status_banner(record: dict) -> str:
     threshold = (record.get("thresholds") or {}).get("confidence")
     if status == "out_of_distribution" and record.get("ood_kind") == "unfamiliar":
         why = record.get("ood_reason")
-        colour = f" ({why})" if why in llm.NAMED_REASONS else ""
+        named = f" ({why})" if why in llm.NAMED_REASONS else ""
         html_ = (
             f"<div class='btc-banner btc-ood btc-unfamiliar' style='{_BANNER_STYLE}#c00;"
-            f"background:#f8d7da'>{UNFAMILIAR_BANNER}{html.escape(colour)}.</div><div class='btc-result'>It may still "
+            f"background:#f8d7da'>{UNFAMILIAR_BANNER}{html.escape(named)}.</div><div class='btc-result'>It may still "
             "be a brain MRI from another scanner, sequence, orientation or crop: ask a radiologist "
             f"to read it. <i>The classifier's output is not reliable for it and is shown only for "
             f"reference: {llm.CLASS_WORDS[record['class']]} {conf} (flagged).</i></div>"
